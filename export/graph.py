@@ -1,0 +1,142 @@
+"""Checkpoint → ONNX graph with KV cache (traced through optimum's exporter, optimum's tensor names),
+then graph surgery: the tied embedding / LM-head weight stored once."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ortgen.errors import ExportError
+
+OPSET = 18
+_TWO_GB = 2**31
+
+
+def trace(model: Any) -> onnx.ModelProto:
+    """One graph for prefill and decode: inputs input_ids, attention_mask, position_ids,
+    past_key_values.{i}.key|value; outputs logits, present.{i}.key|value."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    with tempfile.TemporaryDirectory(prefix="ortgen-trace-") as work, _no_stdout():
+        try:
+            onnx_export_from_model(
+                model,
+                output=work,
+                task="text-generation-with-past",
+                opset=OPSET,
+                do_validation=False,  # ortgen's own parity check follows, against transformers
+            )
+        except Exception as err:  # the tracer raises anything; keep one readable line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ExportError(f"ONNX export failed: {first}") from None
+        return onnx.load(str(Path(work) / "model.onnx"))
+
+
+@contextlib.contextmanager
+def _no_stdout():
+    """optimum prints progress of its own; `ortgen export` reports stages itself."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+@contextlib.contextmanager
+def quiet():
+    """Tracer warnings and library logs are for developers, not for `ortgen export` users."""
+    from optimum.utils import logging as optimum_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (optimum_logging, transformers_logging)
+    levels = [lib.get_verbosity() for lib in libraries]
+    torch_onnx = logging.getLogger("torch.onnx")
+    torch_level = torch_onnx.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lib in libraries:
+            lib.set_verbosity_error()
+        torch_onnx.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lib, level in zip(libraries, levels, strict=True):
+                lib.set_verbosity(level)
+            torch_onnx.setLevel(torch_level)
+
+
+def store_tied_weights_once(model: onnx.ModelProto, logits_name: str = "logits") -> bool:
+    """The exporter folds lm_head's transpose of the tied embedding into a second [D, V] copy.
+    Rewrite `MatMul(x, Eᵀ)` as `Gemm(x, E, transB=1)` on the embedding itself and drop the copy.
+    Returns whether a copy was removed."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    head = next((n for n in graph.node if n.op_type == "MatMul" and logits_name in n.output), None)
+    if head is None or head.input[1] not in inits:
+        return False
+    transposed = numpy_helper.to_array(inits[head.input[1]])  # [D, V]
+    embedding = _find_transpose_of(transposed, inits, exclude=head.input[1])
+    if embedding is None:
+        return False
+    vocab, width = transposed.shape[1], transposed.shape[0]
+    x, name = head.input[0], head.name or "lm_head"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1, width], dtype=np.int64), f"{name}/flat_shape"),
+            numpy_helper.from_array(np.array([vocab], dtype=np.int64), f"{name}/vocab"),
+        ]
+    )
+    new_nodes = [
+        helper.make_node("Reshape", [x, f"{name}/flat_shape"], [f"{name}/x2d"]),  # [B*T, D]
+        helper.make_node("Gemm", [f"{name}/x2d", embedding, ""], [f"{name}/y2d"], transB=1),
+        helper.make_node("Shape", [x], [f"{name}/lead"], start=0, end=2),  # [2] = (B, T)
+        helper.make_node("Concat", [f"{name}/lead", f"{name}/vocab"], [f"{name}/shape"], axis=0),
+        helper.make_node("Reshape", [f"{name}/y2d", f"{name}/shape"], [logits_name]),  # [B, T, V]
+    ]
+    position = list(graph.node).index(head)
+    graph.node.remove(head)
+    for offset, node in enumerate(new_nodes):
+        graph.node.insert(position + offset, node)
+    graph.initializer.remove(inits[head.input[1]])
+    return True
+
+
+def _find_transpose_of(
+    transposed: np.ndarray, inits: dict[str, onnx.TensorProto], exclude: str
+) -> str | None:
+    """Name of the initializer equal to `transposed.T`, if any."""
+    want = tuple(reversed(transposed.shape))
+    for name, tensor in inits.items():
+        if name != exclude and tuple(tensor.dims) == want:
+            if np.array_equal(numpy_helper.to_array(tensor), transposed.T):
+                return name
+    return None
+
+
+def node_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def save(model: onnx.ModelProto, folder: Path, file_name: str = "model.onnx") -> list[str]:
+    """Write the graph; weights go to `<file>.data` only when the protobuf limit (2 GB) needs it.
+    Returns the files written."""
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size < _TWO_GB - 64 * 2**20:
+        onnx.save_model(model, str(folder / file_name))
+        return [file_name]
+    onnx.save_model(
+        model,
+        str(folder / file_name),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{file_name}.data",
+        size_threshold=1024,
+    )
+    return [file_name, f"{file_name}.data"]

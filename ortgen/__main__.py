@@ -1,0 +1,3 @@
+from ortgen.cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""The one error hierarchy of ortgen: every user-facing failure is one of these, and its message
+says what went wrong and what to do next (the CLI prints it as a single line)."""
+
+from __future__ import annotations
+
+
+class OrtgenError(Exception):
+    """Base class: a failure the user can act on."""
+
+
+class ModelFolderError(OrtgenError):
+    """The model folder is missing, incomplete, or not written by `ortgen export`."""
+
+
+class UnsupportedModelError(OrtgenError):
+    """The checkpoint's architecture is not one ortgen can export."""
+
+
+class InvalidOptionError(OrtgenError, ValueError):
+    """A generation or export option has a value outside its allowed range."""
+
+
+class ContextLengthError(OrtgenError):
+    """The prompt plus the tokens to generate do not fit in the model's context."""
+
+
+class DeviceError(OrtgenError):
+    """The requested execution provider (e.g. CUDA) is not available."""
+
+
+class ExportError(OrtgenError):
+    """The export stage failed: missing extra, unreadable source, or failed parity."""
+
+
+class ParityError(ExportError):
+    """The exported model does not match transformers within tolerance."""

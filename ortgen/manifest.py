@@ -1,0 +1,111 @@
+"""`ortgen.json`: the manifest that makes a model folder self-describing. Export writes it, the runtime
+reads it; precision, shapes and tensor names come from here and are never guessed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ortgen.errors import ModelFolderError
+
+MANIFEST_NAME = "ortgen.json"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32",)
+ARCHITECTURES = ("gpt2", "gpt_neo")
+
+
+@dataclass(frozen=True)
+class TensorNames:
+    """Graph tensor names (optimum's convention); `{i}` is the layer index."""
+
+    input_ids: str = "input_ids"  # [B, T] int64
+    attention_mask: str = "attention_mask"  # [B, P + T] int64, 1 = attend
+    position_ids: str = "position_ids"  # [B, T] int64
+    past_key: str = "past_key_values.{i}.key"  # [B, H, P, D]
+    past_value: str = "past_key_values.{i}.value"  # [B, H, P, D]
+    logits: str = "logits"  # [B, T, V]
+    present_key: str = "present.{i}.key"  # [B, H, P + T, D]
+    present_value: str = "present.{i}.value"  # [B, H, P + T, D]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to drive a model folder."""
+
+    architecture: str  # "gpt2" or "gpt_neo"
+    num_layers: int  # transformer blocks, one KV pair each
+    num_heads: int  # attention heads (KV heads: same, no GQA in these families)
+    head_dim: int  # size of one head
+    hidden_size: int  # model width
+    vocab_size: int  # rows of the embedding / columns of the logits
+    max_positions: int  # context limit: position ids must stay below it
+    eos_token_id: int | None = None  # stops generation unless overridden
+    bos_token_id: int | None = None  # informational; GPT-2-style prompts carry no BOS
+    precision: str = "fp32"  # weights / KV dtype of the graph
+    opset: int = 18  # ONNX opset of model.onnx
+    model_file: str = "model.onnx"  # graph file inside the folder
+    tensors: TensorNames = field(default_factory=TensorNames)  # graph I/O names
+    source: str = ""  # hub id or path the export started from
+    versions: dict[str, str] = field(default_factory=dict)  # packages used by the export
+    export: dict[str, Any] = field(default_factory=dict)  # graph facts: tied weights, node counts
+    parity: dict[str, Any] = field(default_factory=dict)  # parity report against transformers
+    format_version: int = FORMAT_VERSION  # bumped on incompatible changes
+
+    def __post_init__(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ModelFolderError(
+                f"model folder has manifest format {self.format_version}, this ortgen reads "
+                f"{FORMAT_VERSION}: re-export it with this version of ortgen"
+            )
+        if self.architecture not in ARCHITECTURES:
+            raise ModelFolderError(f"manifest names unknown architecture {self.architecture!r}")
+        if self.precision not in PRECISIONS:
+            raise ModelFolderError(
+                f"manifest names precision {self.precision!r}, this ortgen runs {PRECISIONS}: "
+                "upgrade ortgen or re-export the model"
+            )
+
+    @property
+    def kv_dtype(self) -> str:
+        """numpy dtype name of the KV cache tensors."""
+        return {"fp32": "float32"}[self.precision]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelFolderError(
+                f"manifest has unknown fields {unknown}: it was written by a newer ortgen, upgrade"
+            )
+        data = dict(data)
+        data["tensors"] = TensorNames(**data.get("tensors", {}))
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ModelFolderError(f"manifest is incomplete ({err}): re-export the model") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and validate `folder/ortgen.json`."""
+    path = Path(folder) / MANIFEST_NAME
+    if not Path(folder).is_dir():
+        raise ModelFolderError(
+            f"model folder {folder} does not exist: export one with `ortgen export SOURCE {folder}`"
+        )
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{folder} is not an ortgen model folder (no {MANIFEST_NAME}): "
+            f"export one with `ortgen export SOURCE OUTPUT_DIR`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFolderError(f"cannot read {path}: {err}; re-export the model") from None
+    return Manifest.from_dict(data)

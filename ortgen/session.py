@@ -1,0 +1,71 @@
+"""ONNX Runtime sessions: the only module that knows about execution providers and threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ortgen.errors import DeviceError, ModelFolderError, OrtgenError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def import_onnxruntime():
+    """onnxruntime comes through an extra; say which one when it is missing."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OrtgenError(
+            "onnxruntime is not installed: pip install 'ortgen[cpu]' (or 'ortgen[cuda]' for GPUs)"
+        ) from None
+    return onnxruntime
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if threads is not None:
+        if threads < 1:
+            raise DeviceError(f"threads must be ≥ 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def create_session(model_path: Path, device: str = "cpu", threads: int | None = None):
+    """An InferenceSession on `device`, verified to really run there (ORT silently falls back)."""
+    ort = import_onnxruntime()
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}: choose one of {sorted(DEVICES)}")
+    wanted = DEVICES[device][0]
+    if wanted not in ort.get_available_providers():
+        raise DeviceError(
+            f"{device} was requested but this onnxruntime has no {wanted}: "
+            + (
+                "pip uninstall onnxruntime && pip install 'ortgen[cuda]'"
+                if device == "cuda"
+                else "reinstall with pip install 'ortgen[cpu]'"
+            )
+        )
+    if not Path(model_path).is_file():
+        raise ModelFolderError(f"{model_path} is missing: re-export the model folder")
+    options = session_options(threads)
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
+    except Exception as err:  # ORT raises its own untyped errors for unreadable graphs
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFolderError(f"cannot load {model_path}: {first_line}; re-export it") from None
+    if session.get_providers()[0] != wanted:
+        raise DeviceError(
+            f"onnxruntime fell back from {wanted} to {session.get_providers()[0]}: check the CUDA "
+            "and cuDNN libraries onnxruntime-gpu needs, or use --device cpu"
+        )
+    return session

@@ -1,0 +1,118 @@
+"""`ortgen` as a user runs it: exit codes, one-line errors without tracebacks, --json, stdin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ortgen.cli import app
+
+
+def run(*args: str, stdin: str | None = None):
+    return CliRunner().invoke(app, list(args), input=stdin)
+
+
+def assert_one_line_error(result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.output
+    assert "Traceback" not in result.output
+
+
+def test_generate_streams_the_continuation(exported):
+    result = run("generate", "Once upon a time", "--model", str(exported["gpt2"]),
+                 "--max-new-tokens", "12")
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("\n") and len(result.output) > 1
+
+
+def test_generate_json_has_the_pipeline_shape(exported):
+    from ortgen import Generator
+
+    args = ["--max-new-tokens", "10", "--do-sample", "--seed", "4"]
+    result = run("generate", "Once upon", "-m", str(exported["gpt_neo"]), "--json", *args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    expected = Generator.from_dir(exported["gpt_neo"]).generate(
+        "Once upon", max_new_tokens=10, do_sample=True, seed=4
+    )
+    assert payload == [{"generated_text": "Once upon" + expected}]
+
+
+def test_generate_reads_the_prompt_from_stdin(exported):
+    folder = str(exported["gpt2"])
+    from_stdin = run("generate", "-", "-m", folder, "--json", stdin="The quick brown fox")
+    from_arg = run("generate", "The quick brown fox", "-m", folder, "--json")
+    assert from_stdin.exit_code == 0
+    assert json.loads(from_stdin.output) == json.loads(from_arg.output)
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["generate", "hi", "-m", "/nonexistent/folder"], 1, "does not exist"),
+        (["generate", "hi", "-m", "{tmp}"], 1, "not an ortgen model folder"),
+        (["generate", "hi", "-m", "{gpt2}", "--top-p", "1.5"], 1, "top_p"),
+        (["generate", "hi", "-m", "{gpt2}", "--do-sample", "--temperature", "0"], 1, "temperature"),
+        (["generate", "hi", "-m", "{gpt2}", "--top-k", "-2"], 1, "top_k"),
+        (["generate", "hi", "-m", "{gpt2}", "--max-new-tokens", "1000"], 1, "context"),
+        (["generate", "hi", "-m", "{gpt2}", "--threads", "0"], 1, "threads"),
+        (["generate", "hi", "-m", "{gpt2}", "--device", "tpu"], 1, "unknown device"),
+        (["generate", "hi", "-m", "{gpt2}", "--bogus"], 2, "No such option"),
+        (["generate", "hi"], 2, "--model"),
+        (["export", "{tmp}/nowhere", "{tmp}/out"], 1, "does not exist"),
+        (["export", "{gpt2_ckpt}", "{gpt2}"], 1, "--force"),
+        (["export", "{gpt2_ckpt}", "{tmp}/out", "--precision", "int3"], 1, "precision"),
+    ],
+)
+def test_user_errors_are_one_line(args, code, fragment, exported, checkpoints, tmp_path):
+    values = dict(tmp=tmp_path, gpt2=exported["gpt2"], gpt2_ckpt=checkpoints["gpt2"])
+    result = run(*[a.format(**values) for a in args])
+    assert_one_line_error(result, code, fragment)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is present: the refusal cannot be observed")
+    result = run("generate", "hi", "-m", str(exported["gpt2"]), "--device", "cuda")
+    assert_one_line_error(result, 1, "CUDAExecutionProvider")
+
+
+def test_unsupported_architecture_exits_non_zero(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(tmp_path / "bert")
+    result = run("export", str(tmp_path / "bert"), str(tmp_path / "out"))
+    assert_one_line_error(result, 1, "unsupported architecture 'bert'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_export_extra_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ortgen_export", None)  # import now raises ImportError
+    result = run("export", "gpt2", str(tmp_path / "out"))
+    assert_one_line_error(result, 1, "pip install 'ortgen[export]'")
+
+
+def test_export_through_the_cli_reports_parity(checkpoints, tmp_path):
+    out = tmp_path / "neo"
+    result = run("export", str(checkpoints["gpt_neo"]), str(out))
+    assert result.exit_code == 0, result.output
+    assert "parity" in result.output and (out / "ortgen.json").is_file()
+
+
+def test_console_script_exit_codes(exported):
+    """The installed entry point, in a real process: success 0, user error 1, usage error 2."""
+    base = [sys.executable, "-m", "ortgen", "generate"]
+    ok = subprocess.run([*base, "hi", "-m", str(exported["gpt2"]), "--max-new-tokens", "3"],
+                        capture_output=True, text=True)
+    bad = subprocess.run([*base, "hi", "-m", "/nonexistent"], capture_output=True, text=True)
+    usage = subprocess.run([*base, "hi", "--nope"], capture_output=True, text=True)
+    assert (ok.returncode, bad.returncode, usage.returncode) == (0, 1, 2)
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -1,0 +1,84 @@
+"""Exported graphs and ortgen's loop against transformers: logits within the fp32 tolerance for the
+prefill and cached steps, and identical greedy tokens — for prompts shorter and longer than GPT-Neo's
+local window, alone and in left-padded batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import WINDOW
+from transformers import GenerationConfig
+
+from ortgen import kv_cache
+
+ATOL = {"fp32": 1e-4}  # max |Δ logits| per precision
+SHORT, LONG = 5, 3 * WINDOW + 5  # prompt lengths on both sides of the local window
+
+
+def prompt(length: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(1, 300, size=length).tolist()
+
+
+def reference_greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> list:
+    ids, mask = kv_cache.left_pad(prompts, pad_id)
+    config = GenerationConfig(
+        max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad_id
+    )
+    with torch.inference_mode():
+        out = model.generate(
+            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), generation_config=config
+        )
+    return out[:, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("length", [SHORT, LONG])
+def test_logits_match_transformers_prefill_and_cached_steps(
+    arch, length, generators, references
+):
+    generator, model = generators[arch], references[arch]
+    ids = np.asarray([prompt(length, seed=length)], dtype=np.int64)  # [1, T]
+    mask = np.ones_like(ids)
+    past = kv_cache.empty_past(generator.manifest, 1)
+    logits, past = generator.forward(ids, mask, kv_cache.prefill_positions(mask), past)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(ids), use_cache=True)
+        assert np.abs(logits - out.logits.numpy()).max() <= ATOL["fp32"]
+        for _ in range(6):  # cached steps, crossing the window for LONG prompts
+            next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
+            mask = kv_cache.extend_mask(mask)
+            out = model(next_id, past_key_values=out.past_key_values, use_cache=True,
+                        attention_mask=torch.from_numpy(mask))
+            logits, past = generator.forward(
+                next_id.numpy(), mask, kv_cache.next_positions(mask), past
+            )
+            assert logits.shape == (1, 1, generator.manifest.vocab_size)
+            assert np.abs(logits - out.logits.numpy()).max() <= ATOL["fp32"]
+
+
+@pytest.mark.parametrize("length", [SHORT, LONG])
+def test_compare_generation_to_transformers(arch, length, generators, references):
+    generator = generators[arch]
+    ids = prompt(length, seed=100 + length)
+    expected = reference_greedy(references[arch], [ids], 32, generator.pad_id)[0]
+    got = generator.generate_ids(ids, max_new_tokens=32, do_sample=False, ignore_eos=True)
+    assert got == expected
+
+
+def test_left_padded_batch_equals_transformers_and_one_by_one(arch, generators, references):
+    generator = generators[arch]
+    prompts = [prompt(n, seed=n) for n in (SHORT, LONG, WINDOW + 1, 2)]
+    options = dict(max_new_tokens=20, do_sample=False, ignore_eos=True)
+    batch = generator.generate_ids(prompts, **options)
+    alone = [generator.generate_ids(p, **options) for p in prompts]
+    assert batch == alone
+    assert batch == reference_greedy(references[arch], prompts, 20, generator.pad_id)
+
+
+def test_generation_stops_at_eos_like_transformers(arch, generators):
+    generator = generators[arch]
+    ids = prompt(SHORT, seed=7)
+    free = generator.generate_ids(ids, max_new_tokens=12, ignore_eos=True)
+    stop = free[4]  # pretend the fifth token is EOS
+    stopped = generator.generate_ids(ids, max_new_tokens=12, eos_token_id=stop)
+    assert stopped == free[: free.index(stop) + 1]  # EOS included, nothing after it

@@ -1,0 +1,93 @@
+"""Sampling is judged by its statistics and properties, not against another RNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ortgen.sampling import apply_top_p, greedy, logits_to_probs, sample, softmax
+
+LOGITS = np.array([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]])  # [1, 8]
+DRAWS = 40_000
+
+
+def chi_square_ok(counts: np.ndarray, probs: np.ndarray) -> bool:
+    """Pearson's test at p ≈ 0.001 over the cells with non-zero expectation."""
+    from scipy import stats  # noqa: PLC0415 - scipy is a test dependency only
+
+    keep = probs > 0
+    expected = probs[keep] * counts.sum()
+    statistic = ((counts[keep] - expected) ** 2 / expected).sum()
+    return statistic < stats.chi2.ppf(0.999, df=keep.sum() - 1)
+
+
+def draw(probs: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    batch = np.repeat(probs, DRAWS, axis=0)  # [N, V]: one row per draw
+    return np.bincount(sample(batch, rng), minlength=probs.shape[-1])
+
+
+def expected(temperature=1.0, top_k=None, top_p=1.0) -> np.ndarray:
+    """The distribution written out by hand: scale, keep the k best, keep the nucleus."""
+    scores = LOGITS[0] / temperature
+    order = np.argsort(-scores)
+    keep = np.zeros_like(scores, dtype=bool)
+    keep[order[: top_k or len(scores)]] = True
+    p = np.where(keep, np.exp(scores), 0)
+    p /= p.sum()
+    mass, nucleus = 0.0, np.zeros_like(keep)
+    for i in np.argsort(-p):
+        if mass >= top_p:
+            break
+        nucleus[i], mass = True, mass + p[i]
+    p = np.where(nucleus, p, 0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(temperature=0.5),
+        dict(temperature=2.0),
+        dict(top_k=3),
+        dict(top_p=0.8),
+        dict(temperature=1.5, top_k=5, top_p=0.9),
+    ],
+    ids=["plain", "cold", "hot", "top_k", "top_p", "combined"],
+)
+def test_sampled_frequencies_match_the_distribution(settings):
+    probs = logits_to_probs(LOGITS, **settings)
+    np.testing.assert_allclose(probs[0], expected(**settings), rtol=1e-9, atol=1e-12)
+    counts = draw(probs)
+    assert chi_square_ok(counts, probs[0])
+    assert counts[probs[0] == 0].sum() == 0
+
+
+def test_top_k_never_emits_outside_the_k_best():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(64, 1000))
+    picks = sample(logits_to_probs(logits, top_k=5), rng)
+    best = np.argsort(-logits, axis=-1)[:, :5]
+    assert all(p in row for p, row in zip(picks, best, strict=True))
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
+    np.testing.assert_allclose(apply_top_p(probs, 0.8), [[0.625, 0.375, 0, 0]])  # 0.5+0.3 ≥ 0.8
+    np.testing.assert_allclose(apply_top_p(probs, 0.81), [[0.5, 0.3, 0.15, 0]] / np.float64(0.95))
+    np.testing.assert_allclose(apply_top_p(probs, 1e-6), [[1, 0, 0, 0]])  # never empty
+
+
+def test_top_k_one_equals_greedy():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(32, 500))
+    picks = sample(logits_to_probs(logits, temperature=0.7, top_k=1), rng)
+    assert (picks == greedy(logits)).all()
+
+
+def test_softmax_rows_sum_to_one_with_masked_entries():
+    scores = np.array([[0.0, -np.inf, 1.0], [1000.0, 999.0, -np.inf]])
+    probs = softmax(scores)
+    np.testing.assert_allclose(probs.sum(-1), 1.0)
+    assert probs[0, 1] == 0 and probs[1, 2] == 0
