@@ -12,8 +12,12 @@ VOCAB = 50257
 CONFIGS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, n_ctx=1024),
     "gpt_neo": dict(
-        num_layers=12, num_heads=12, hidden_size=768, max_position_embeddings=2048,
-        attention_types=[[["global", "local"], 6]], window_size=256,
+        num_layers=12,
+        num_heads=12,
+        hidden_size=768,
+        max_position_embeddings=2048,
+        attention_types=[[["global", "local"], 6]],
+        window_size=256,
     ),
 }
 

@@ -89,21 +89,27 @@ def main() -> None:
         for system, path in runs:
             out = subprocess.run(
                 [sys.executable, "-m", "bench.w1", "--one", system, str(path)],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             )
             rates[system].append(json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"])
         results[arch] = {"export_s": seconds, "folder_mb": size_mb(folder), "w1_tok_s": rates}
-    print(f"\nW1: {PROMPT_TOKENS}-token prompt → {NEW_TOKENS} greedy tokens, batch 1, "
-          f"{THREADS} threads, {args.rounds} interleaved rounds, fresh process each; "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"\nW1: {PROMPT_TOKENS}-token prompt → {NEW_TOKENS} greedy tokens, batch 1, "
+        f"{THREADS} threads, {args.rounds} interleaved rounds, fresh process each; "
+        f"{platform.processor() or platform.machine()}"
+    )
     print("| model | export s | folder MB | ortgen fp32 tok/s | PyTorch tok/s | ratio |")
     print("|---|---|---|---|---|---|")
     for arch, r in results.items():
         o, t = (statistics.median(r["w1_tok_s"][s]) for s in ("ortgen", "torch"))
-        print(f"| {arch} | {r['export_s']:.0f} | {r['folder_mb']:.0f} | {o:.1f} "
-              f"({min(r['w1_tok_s']['ortgen']):.0f}–{max(r['w1_tok_s']['ortgen']):.0f}) | "
-              f"{t:.1f} ({min(r['w1_tok_s']['torch']):.0f}–{max(r['w1_tok_s']['torch']):.0f}) "
-              f"| {o / t:.2f}× |")
+        print(
+            f"| {arch} | {r['export_s']:.0f} | {r['folder_mb']:.0f} | {o:.1f} "
+            f"({min(r['w1_tok_s']['ortgen']):.0f}–{max(r['w1_tok_s']['ortgen']):.0f}) | "
+            f"{t:.1f} ({min(r['w1_tok_s']['torch']):.0f}–{max(r['w1_tok_s']['torch']):.0f}) "
+            f"| {o / t:.2f}× |"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "w1-fp32.json").write_text(json.dumps(results, indent=2))
 

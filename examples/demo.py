@@ -36,7 +36,9 @@ def main(output: Path) -> None:
     seconds = time.perf_counter() - start
     text = "".join(pieces)
     print(text[:400] + ("…" if len(text) > 400 else ""))
-    print(f"\n64 tokens in {seconds:.2f} s: {64 / seconds:.1f} tokens/s (gpt2 124M, fp32, 2 threads)")
+    print(
+        f"\n64 tokens in {seconds:.2f} s: {64 / seconds:.1f} tokens/s (gpt2 124M, fp32, 2 threads)"
+    )
 
 
 if __name__ == "__main__":

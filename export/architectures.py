@@ -39,9 +39,7 @@ class Architecture:
 
 
 ARCHITECTURES = {
-    "gpt2": Architecture(
-        "gpt2", ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-    ),
+    "gpt2": Architecture("gpt2", ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")),
     "gpt_neo": Architecture(
         "gpt_neo",
         ("EleutherAI/gpt-neo-125M", "EleutherAI/gpt-neo-1.3B", "EleutherAI/gpt-neo-2.7B"),

@@ -1,5 +1,5 @@
-"""Checkpoint → ONNX graph with KV cache (traced through optimum's exporter, optimum's tensor names),
-then graph surgery: the tied embedding / LM-head weight stored once."""
+"""Checkpoint → ONNX graph with KV cache (traced through optimum's exporter, optimum's tensor
+names), then graph surgery: the tied embedding / LM-head weight stored once."""
 
 from __future__ import annotations
 
@@ -114,9 +114,9 @@ def _find_transpose_of(
     """Name of the initializer equal to `transposed.T`, if any."""
     want = tuple(reversed(transposed.shape))
     for name, tensor in inits.items():
-        if name != exclude and tuple(tensor.dims) == want:
-            if np.array_equal(numpy_helper.to_array(tensor), transposed.T):
-                return name
+        same_shape = name != exclude and tuple(tensor.dims) == want
+        if same_shape and np.array_equal(numpy_helper.to_array(tensor), transposed.T):
+            return name
     return None
 
 

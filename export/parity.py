@@ -1,6 +1,6 @@
-"""The export's proof: the ONNX folder against transformers on the same checkpoint — logits for the
-prefill and several cached steps, single prompts and a left-padded batch, and greedy generation run by
-ortgen's own runtime loop."""
+"""The export's proof: the ONNX folder against transformers on the same checkpoint — logits for
+the prefill and several cached steps, single prompts and a left-padded batch, and greedy generation
+run by ortgen's own runtime loop."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def parity_prompts(tokenizer: Any, window: int | None, max_positions: int) -> li
     return [*prompts, long_ids[:long_len]]
 
 
-def check_parity(model: Any, folder: Path, prompts: list[list[int]], precision: str) -> ParityReport:
+def check_parity(
+    model: Any, folder: Path, prompts: list[list[int]], precision: str
+) -> ParityReport:
     """Compare the exported folder with `model`; raise ParityError when out of tolerance."""
     generator = Generator.from_dir(folder)
     report = ParityReport(precision=precision, atol=LOGITS_ATOL[precision])
@@ -99,19 +101,22 @@ def _logit_diffs(model: Any, generator: Generator, ids: list[int]) -> tuple[floa
     input_ids = np.asarray([ids], dtype=np.int64)  # [1, T]
     mask = np.ones_like(input_ids)
     positions = kv_cache.prefill_positions(mask)
-    onnx_logits, past = generator.forward(input_ids, mask, positions, kv_cache.empty_past(
-        generator.manifest, 1))
+    onnx_logits, past = generator.forward(
+        input_ids, mask, positions, kv_cache.empty_past(generator.manifest, 1)
+    )
     out = model(torch.from_numpy(input_ids), use_cache=True)
     prefill = float(np.abs(onnx_logits - out.logits.numpy()).max())
     steps, cache = [], out.past_key_values
     for _ in range(CACHED_STEPS):
         next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
         mask = kv_cache.extend_mask(mask)
-        out = model(next_id, past_key_values=cache, attention_mask=torch.from_numpy(mask),
-                    use_cache=True)
+        out = model(
+            next_id, past_key_values=cache, attention_mask=torch.from_numpy(mask), use_cache=True
+        )
         cache = out.past_key_values
-        onnx_logits, past = generator.forward(next_id.numpy(), mask,
-                                      kv_cache.next_positions(mask), past)
+        onnx_logits, past = generator.forward(
+            next_id.numpy(), mask, kv_cache.next_positions(mask), past
+        )
         steps.append(float(np.abs(onnx_logits - out.logits.numpy()).max()))
     return prefill, steps
 
@@ -121,13 +126,19 @@ def _greedy_match(model: Any, generator: Generator, ids: list[int]) -> bool:
     from transformers import GenerationConfig
 
     config = GenerationConfig(
-        max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=None,
+        max_new_tokens=GREEDY_TOKENS,
+        do_sample=False,
+        eos_token_id=None,
         pad_token_id=generator.pad_id,
     )
-    expected = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                              dtype=torch.long), generation_config=config)[0, len(ids):].tolist()
-    got = generator.generate_ids(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                                 ignore_eos=True)
+    expected = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        generation_config=config,
+    )[0, len(ids) :].tolist()
+    got = generator.generate_ids(
+        ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, ignore_eos=True
+    )
     return got == expected
 
 
@@ -136,9 +147,13 @@ def _batch_diff(model: Any, generator: Generator, prompts: list[list[int]]) -> f
     """Left-padded prefill of all prompts together, compared where the mask is 1."""
     ids, mask = kv_cache.left_pad(prompts, generator.pad_id)  # [B, T]
     positions = kv_cache.prefill_positions(mask)
-    onnx_logits, _ = generator.forward(ids, mask, positions,
-                               kv_cache.empty_past(generator.manifest, len(prompts)))
-    ref = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                position_ids=torch.from_numpy(positions)).logits.numpy()
+    onnx_logits, _ = generator.forward(
+        ids, mask, positions, kv_cache.empty_past(generator.manifest, len(prompts))
+    )
+    ref = model(
+        torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        position_ids=torch.from_numpy(positions),
+    ).logits.numpy()
     real = mask.astype(bool)  # [B, T]
     return float(np.abs(onnx_logits[real] - ref[real]).max())

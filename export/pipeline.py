@@ -8,12 +8,13 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from ortgen.errors import InvalidOptionError
-from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest
 from ortgen_export import graph, parity
 from ortgen_export.architectures import architecture_of
 from ortgen_export.folder import refuse_existing, staged_folder
 from ortgen_export.source import load_checkpoint, load_config, locate
+
+from ortgen.errors import InvalidOptionError
+from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest
 
 STAGES = ("load", "export", "check", "write")
 StageCallback = Callable[[str], None]  # called with a stage name as it starts

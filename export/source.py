@@ -51,7 +51,8 @@ def _download(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
     except RepositoryNotFoundError:
         raise ExportError(
-            f"{repo_id!r} is neither a local folder nor a Hugging Face hub repository: check the name"
+            f"{repo_id!r} is neither a local folder nor a Hugging Face hub repository: "
+            "check the name"
         ) from None
     except LocalEntryNotFoundError:
         raise ExportError(

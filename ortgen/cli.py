@@ -58,17 +58,24 @@ app = typer.Typer(
     help="Export GPT-2 / GPT-Neo checkpoints to proven ONNX models and generate text with them.",
 )
 
-ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model folder written by `ortgen export`.")]
+ModelDir = Annotated[
+    Path, typer.Option("--model", "-m", help="Model folder written by `ortgen export`.")
+]
 Device = Annotated[str, typer.Option(help="Execution provider: cpu or cuda.")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads (default: ONNX Runtime's).")]
 
 
 @app.command()
 def export(
-    source: Annotated[str, typer.Argument(help="Hub id (gpt2, EleutherAI/gpt-neo-125M…) or local checkpoint folder.")],
+    source: Annotated[
+        str,
+        typer.Argument(help="Hub id (gpt2, EleutherAI/gpt-neo-125M…) or local checkpoint folder."),
+    ],
     output_dir: Annotated[Path, typer.Argument(help="Model folder to create.")],
     precision: Annotated[str, typer.Option(help="Weight precision: fp32.")] = "fp32",
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT_DIR if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUTPUT_DIR if it exists.")
+    ] = False,
 ) -> None:
     """Export a checkpoint to a model folder, proven equal to transformers."""
     try:
@@ -96,14 +103,22 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text, or - to read it from stdin.")],
     model: ModelDir,
     max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most.")] = None,
-    do_sample: Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")] = None,
+    do_sample: Annotated[
+        bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")
+    ] = None,
     temperature: Annotated[float | None, typer.Option(help="Logits divisor when sampling.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Keep the k best ids when sampling (0: off).")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus mass when sampling, in (0, 1].")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Keep the k best ids when sampling (0: off).")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus mass when sampling, in (0, 1].")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="RNG seed for reproducible sampling.")] = None,
     device: Device = "cpu",
     threads: Threads = None,
-    as_json: Annotated[bool, typer.Option("--json", help='Print [{"generated_text": …}] instead of streaming.')] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print [{"generated_text": …}] instead of streaming.')
+    ] = False,
 ) -> None:
     """Continue PROMPT with the model, streaming the text to stdout as it is produced."""
     from ortgen.generator import Generator
@@ -111,8 +126,12 @@ def generate(
     text = sys.stdin.read() if prompt == "-" else prompt
     generator = Generator.from_dir(model, device=device, threads=threads)
     options = dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
     )
     generator.options(**options)  # validate before any output
     if as_json:

@@ -1,5 +1,5 @@
-"""The user-facing Generator: loads a model folder and runs the prefill / decode loop over ONNX Runtime.
-The only module that calls `session.run`."""
+"""The user-facing Generator: loads a model folder and runs the prefill / decode loop over ONNX
+Runtime. The only module that calls `session.run`."""
 
 from __future__ import annotations
 
@@ -123,7 +123,9 @@ class Generator:
         return logits, present
 
     @staticmethod
-    def _choose(logits: np.ndarray, opts: GenerationOptions, rng: np.random.Generator) -> np.ndarray:
+    def _choose(
+        logits: np.ndarray, opts: GenerationOptions, rng: np.random.Generator
+    ) -> np.ndarray:
         if not opts.do_sample:
             return greedy(logits)
         return sample(logits_to_probs(logits, opts.temperature, opts.top_k, opts.top_p), rng)

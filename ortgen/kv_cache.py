@@ -28,7 +28,7 @@ def present_names(manifest: Manifest) -> list[str]:
 
 
 def empty_past(manifest: Manifest, batch: int) -> list[np.ndarray]:
-    """Zero-length cache for the first step: real [B, H, 0, D] arrays, never uninitialised memory."""
+    """Zero-length cache for the first step: real [B, H, 0, D] arrays, never uninitialised."""
     shape = (batch, manifest.num_heads, 0, manifest.head_dim)
     return [np.zeros(shape, dtype=manifest.kv_dtype) for _ in range(2 * manifest.num_layers)]
 
@@ -54,7 +54,7 @@ def prefill_positions(mask: np.ndarray) -> np.ndarray:
 
 
 def next_positions(mask: np.ndarray) -> np.ndarray:
-    """Position of the token just appended, per row. mask: [B, P + 1] (already extended) → [B, 1]."""
+    """Position of the token just appended, per row. mask: [B, P + 1] (extended) → [B, 1]."""
     return (mask.sum(axis=-1, keepdims=True) - 1).astype(np.int64)
 
 

@@ -1,5 +1,5 @@
-"""`ortgen.json`: the manifest that makes a model folder self-describing. Export writes it, the runtime
-reads it; precision, shapes and tensor names come from here and are never guessed."""
+"""`ortgen.json`: the manifest that makes a model folder self-describing. Export writes it, the
+runtime reads it; precision, shapes and tensor names come from here and are never guessed."""
 
 from __future__ import annotations
 

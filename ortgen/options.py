@@ -1,5 +1,5 @@
-"""Generation options: one frozen dataclass, validated on creation, with defaults taken from the model
-folder's `generation_config.json` and then transformers' defaults; explicit options win."""
+"""Generation options: one frozen dataclass, validated on creation, with defaults taken from the
+model folder's `generation_config.json` and then transformers' defaults; explicit options win."""
 
 from __future__ import annotations
 

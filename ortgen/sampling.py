@@ -27,7 +27,7 @@ def apply_top_k(scores: np.ndarray, top_k: int | None) -> np.ndarray:
 
 
 def apply_top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Keep the smallest set of most likely ids whose mass reaches top_p (never empty), renormalised."""
+    """Keep the smallest set of most likely ids whose mass reaches top_p (never empty)."""
     if top_p >= 1.0:
         return probs
     order = np.argsort(-probs, axis=-1, kind="stable")  # [B, V] most likely first
@@ -52,6 +52,8 @@ def logits_to_probs(
 def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Draw one id per row by inverting the CDF. probs: [B, V] → [B] int64."""
     cdf = np.cumsum(probs, axis=-1)  # [B, V]
-    draws = rng.random(probs.shape[0]) * cdf[:, -1]  # [B], scaled so float rounding cannot overshoot
+    draws = (
+        rng.random(probs.shape[0]) * cdf[:, -1]
+    )  # [B], scaled so float rounding cannot overshoot
     ids = [np.searchsorted(row, u, side="right") for row, u in zip(cdf, draws, strict=True)]
     return np.minimum(np.asarray(ids, dtype=np.int64), probs.shape[-1] - 1)

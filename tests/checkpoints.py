@@ -11,7 +11,8 @@ CORPUS = [
     "Once upon a time, in a small village by the sea, there lived a fisherman.",
     "In the beginning of the story, the old lighthouse keeper told tales of storms.",
     "Numbers like 1905, 2048 and 3.14159 appear in text too.",
-    "Caf\u00e9, na\u00efve, \u00fcber: accents, and emoji \U0001f600 \U0001f680 and \u65e5\u672c\u8a9e.",
+    "Caf\u00e9, na\u00efve, \u00fcber: accents,",
+    "and emoji \U0001f600 \U0001f680 and \u65e5\u672c\u8a9e.",
 ] * 20
 EOS = "<|endoftext|>"
 WINDOW = 8  # GPT-Neo local window: shorter than the test prompts
@@ -56,9 +57,14 @@ def build_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
         model = GPT2LMHeadModel(config)
     else:
         config = GPTNeoConfig(
-            num_layers=2, attention_types=[[["global", "local"], 1]], window_size=WINDOW,
-            hidden_size=64, num_heads=4, max_position_embeddings=128,
-            initializer_range=INIT_RANGE, **common,
+            num_layers=2,
+            attention_types=[[["global", "local"], 1]],
+            window_size=WINDOW,
+            hidden_size=64,
+            num_heads=4,
+            max_position_embeddings=128,
+            initializer_range=INIT_RANGE,
+            **common,
         )
         model = GPTNeoForCausalLM(config)
     model.save_pretrained(folder)

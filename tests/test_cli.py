@@ -24,8 +24,9 @@ def assert_one_line_error(result, code: int, fragment: str) -> None:
 
 
 def test_generate_streams_the_continuation(exported):
-    result = run("generate", "Once upon a time", "--model", str(exported["gpt2"]),
-                 "--max-new-tokens", "12")
+    result = run(
+        "generate", "Once upon a time", "--model", str(exported["gpt2"]), "--max-new-tokens", "12"
+    )
     assert result.exit_code == 0, result.output
     assert result.output.endswith("\n") and len(result.output) > 1
 
@@ -87,8 +88,9 @@ def test_cuda_request_without_cuda_is_a_clear_error(exported):
 def test_unsupported_architecture_exits_non_zero(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=64).save_pretrained(tmp_path / "bert")
+    BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(tmp_path / "bert")
     result = run("export", str(tmp_path / "bert"), str(tmp_path / "out"))
     assert_one_line_error(result, 1, "unsupported architecture 'bert'")
     assert not (tmp_path / "out").exists()
@@ -110,8 +112,11 @@ def test_export_through_the_cli_reports_parity(checkpoints, tmp_path):
 def test_console_script_exit_codes(exported):
     """The installed entry point, in a real process: success 0, user error 1, usage error 2."""
     base = [sys.executable, "-m", "ortgen", "generate"]
-    ok = subprocess.run([*base, "hi", "-m", str(exported["gpt2"]), "--max-new-tokens", "3"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*base, "hi", "-m", str(exported["gpt2"]), "--max-new-tokens", "3"],
+        capture_output=True,
+        text=True,
+    )
     bad = subprocess.run([*base, "hi", "-m", "/nonexistent"], capture_output=True, text=True)
     usage = subprocess.run([*base, "hi", "--nope"], capture_output=True, text=True)
     assert (ok.returncode, bad.returncode, usage.returncode) == (0, 1, 2)

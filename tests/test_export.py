@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from ortgen_export import export_model, parity
 
 from ortgen.errors import ExportError, ParityError, UnsupportedModelError
 from ortgen.manifest import read_manifest
-from ortgen_export import export_model, parity
 
 
 def test_folder_has_the_contract_files(arch, exported):
@@ -111,8 +111,13 @@ def test_parity_check_fails_on_a_wrong_graph(checkpoints, references, exported, 
 def test_unsupported_architecture_is_refused(tmp_path):
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, vocab_size=100).save_pretrained(tmp_path / "llama")
+    LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    ).save_pretrained(tmp_path / "llama")
     with pytest.raises(UnsupportedModelError, match="unsupported architecture 'llama'"):
         export_model(str(tmp_path / "llama"), tmp_path / "out")
     assert not (tmp_path / "out").exists()

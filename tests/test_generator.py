@@ -17,8 +17,10 @@ def test_same_seed_same_sample(arch, generators):
     options = dict(do_sample=True, temperature=1.3, top_k=0, max_new_tokens=24, ignore_eos=True)
     first = generator.generate_ids(generator.encode(PROMPT), seed=11, **options)
     assert first == generator.generate_ids(generator.encode(PROMPT), seed=11, **options)
-    samples = {tuple(generator.generate_ids(generator.encode(PROMPT), seed=s, **options))
-               for s in range(12, 16)}
+    samples = {
+        tuple(generator.generate_ids(generator.encode(PROMPT), seed=s, **options))
+        for s in range(12, 16)
+    }
     assert len(samples) > 1  # the seed really drives the draws
 
 
@@ -93,3 +95,15 @@ def test_defaults_come_from_generation_config(exported, tmp_path):
 def test_non_model_folder_is_refused(tmp_path):
     with pytest.raises(ModelFolderError, match="not an ortgen model folder"):
         Generator.from_dir(tmp_path)
+
+
+def test_cuda_greedy_equals_cpu(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider on this machine")
+    ids = list(range(1, 20))
+    for folder in exported.values():
+        cpu = Generator.from_dir(folder).generate_ids(ids, max_new_tokens=16, ignore_eos=True)
+        cuda = Generator.from_dir(folder, device="cuda")
+        assert cuda.generate_ids(ids, max_new_tokens=16, ignore_eos=True) == cpu

@@ -1,5 +1,5 @@
-"""The runtime ships without torch: `import ortgen` and a whole generation, API and CLI, in a process
-where torch and transformers cannot be imported."""
+"""The runtime ships without torch: `import ortgen` and a whole generation, API and CLI, in a
+process where torch and transformers cannot be imported."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Exported graphs and ortgen's loop against transformers: logits within the fp32 tolerance for the
-prefill and cached steps, and identical greedy tokens — for prompts shorter and longer than GPT-Neo's
-local window, alone and in left-padded batches."""
+prefill and cached steps, and identical greedy tokens — for prompts shorter and longer than
+GPT-Neo's local window, alone and in left-padded batches."""
 
 from __future__ import annotations
 
@@ -33,9 +33,7 @@ def reference_greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: i
 
 
 @pytest.mark.parametrize("length", [SHORT, LONG])
-def test_logits_match_transformers_prefill_and_cached_steps(
-    arch, length, generators, references
-):
+def test_logits_match_transformers_prefill_and_cached_steps(arch, length, generators, references):
     generator, model = generators[arch], references[arch]
     ids = np.asarray([prompt(length, seed=length)], dtype=np.int64)  # [1, T]
     mask = np.ones_like(ids)
@@ -47,8 +45,12 @@ def test_logits_match_transformers_prefill_and_cached_steps(
         for _ in range(6):  # cached steps, crossing the window for LONG prompts
             next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
             mask = kv_cache.extend_mask(mask)
-            out = model(next_id, past_key_values=out.past_key_values, use_cache=True,
-                        attention_mask=torch.from_numpy(mask))
+            out = model(
+                next_id,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                attention_mask=torch.from_numpy(mask),
+            )
             logits, past = generator.forward(
                 next_id.numpy(), mask, kv_cache.next_positions(mask), past
             )
