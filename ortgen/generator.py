@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from ortgen import kv_cache
+from ortgen import kv_cache, processors
 from ortgen.errors import ContextLengthError, InvalidOptionError
 from ortgen.manifest import Manifest, read_manifest
 from ortgen.options import GenerationOptions, defaults_from_folder
 from ortgen.sampling import greedy, logits_to_probs, sample
 from ortgen.session import create_session
-from ortgen.tokenizer import TextStream, Tokenizer
+from ortgen.stopping import Row
+from ortgen.tokenizer import Tokenizer
 
 
 class Generator:
@@ -49,34 +50,38 @@ class Generator:
 
     # ---- public API -------------------------------------------------------------------------
 
-    def generate_ids(
-        self, prompt_ids: list[int] | list[list[int]], **options: Any
-    ) -> list[int] | list[list[int]]:
-        """New token ids (EOS included when reached, as transformers does); a list of prompts
-        gives a list of results, generated together as one left-padded batch."""
-        single = not prompt_ids or not isinstance(prompt_ids[0], list | tuple)
-        prompts = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
-        outputs: list[list[int]] = [[] for _ in prompts]
-        for next_ids, active in self._steps(prompts, self.options(**options)):
-            for row in np.flatnonzero(active):
-                outputs[row].append(int(next_ids[row]))
-        return outputs[0] if single else outputs
+    def generate_ids(self, prompt_ids: list[int] | list[list[int]], **options: Any) -> list:
+        """New token ids (EOS included when reached, as transformers does). A list of prompts is
+        generated as one left-padded batch and gives a list; num_return_sequences > 1 gives a
+        list of that many results per prompt."""
+        batched = bool(prompt_ids) and isinstance(prompt_ids[0], list | tuple)
+        prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
+        opts = self.options(**options)
+        rows = self._run(prompts, opts, text=bool(opts.stop))
+        return self._shape([row.ids for row in rows], batched, opts)
 
-    def generate(self, prompt: str | list[str], **options: Any) -> str | list[str]:
-        """The continuation of `prompt` (not including it); a list of prompts gives a list."""
-        if isinstance(prompt, str):
-            return "".join(self.stream(prompt, **options))
-        rows = self.generate_ids([self.encode(p) for p in prompt], **options)
-        return [self.tokenizer.decode(ids) for ids in rows]
+    def generate(self, prompt: str | list[str], **options: Any) -> str | list:
+        """The continuation of `prompt` (not including it). A list of prompts gives a list;
+        num_return_sequences > 1 gives a list of that many continuations per prompt."""
+        batched = not isinstance(prompt, str)
+        prompts = [self.encode(p) for p in (prompt if batched else [prompt])]
+        opts = self.options(**options)
+        rows = self._run(prompts, opts, text=True)
+        return self._shape([row.text for row in rows], batched, opts)
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        """Text pieces as they are produced; they join to exactly what `generate` returns."""
-        text = TextStream(self.tokenizer)
-        for next_ids, _ in self._steps([self.encode(prompt)], self.options(**options)):
-            piece = text.push(int(next_ids[0]))
+        """Text pieces as they are decided; they join to exactly what `generate` returns. Never
+        half a UTF-8 character; text that may start a stop string is held until decided."""
+        opts = self.options(**options)
+        if opts.num_return_sequences != 1:
+            raise InvalidOptionError("stream() produces one sequence: use num_return_sequences=1")
+        rows = self._rows([self.encode(prompt)], opts, text=True)
+        for _ in self._steps(rows, opts):
+            piece = rows[0].take()
             if piece:
                 yield piece
-        rest = text.finish()
+        rows[0].close()
+        rest = rows[0].take()
         if rest:
             yield rest
 
@@ -89,25 +94,43 @@ class Generator:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def _steps(
-        self, prompts: list[list[int]], opts: GenerationOptions
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (next ids [B], rows still active [B]) once per generated position."""
-        self._check_context(prompts, opts)
+    def _run(self, prompts: list[list[int]], opts: GenerationOptions, text: bool) -> list[Row]:
+        rows = self._rows(prompts, opts, text)
+        for _ in self._steps(rows, opts):
+            pass
+        for row in rows:
+            row.close()
+        return rows
+
+    def _rows(self, prompts: list[list[int]], opts: GenerationOptions, text: bool) -> list[Row]:
+        """One Row per returned sequence: each prompt repeated num_return_sequences times."""
+        prompts = [self._fit_context(p, opts) for p in prompts]
+        stop_ids = frozenset(self._stop_ids(opts).tolist())
+        tokenizer = self.tokenizer if text else None
+        return [
+            Row(prompt, stop_ids, opts.stop, tokenizer)
+            for prompt in prompts
+            for _ in range(opts.num_return_sequences)
+        ]
+
+    def _steps(self, rows: list[Row], opts: GenerationOptions) -> Iterator[int]:
+        """Run the model until every row is done or max_new_tokens; yield after each step."""
         rng = np.random.default_rng(opts.seed)
-        stop_ids = self._stop_ids(opts)
-        ids, mask = kv_cache.left_pad(prompts, self.pad_id)  # [B, T], [B, T]
+        eos = self._stop_ids(opts)
+        ids, mask = kv_cache.left_pad([row.history for row in rows], self.pad_id)  # [B, T]
         positions = kv_cache.prefill_positions(mask)  # [B, T]
-        past = kv_cache.empty_past(self.manifest, len(prompts))  # 2L × [B, H, 0, D]
-        active = np.ones(len(prompts), dtype=bool)  # [B]
+        past = kv_cache.empty_past(self.manifest, len(rows))  # 2L × [B, H, 0, D]
         for step in range(opts.max_new_tokens):
             logits, past = self.forward(ids, mask, positions, past)  # [B, T, V]
-            next_ids = self._choose(logits[:, -1, :], opts, rng)  # [B]
-            yield next_ids, active
-            active = active & ~np.isin(next_ids, stop_ids)
-            if not active.any() or step == opts.max_new_tokens - 1:
+            scores = self._process(logits[:, -1, :], rows, opts, eos, step)  # [B, V]
+            next_ids = self._choose(scores, opts, rng)  # [B]
+            for row, token in zip(rows, next_ids.tolist(), strict=True):
+                if not row.done:
+                    row.push(token)
+            yield step
+            if all(row.done for row in rows) or step == opts.max_new_tokens - 1:
                 return
-            ids = np.where(active, next_ids, self.pad_id)[:, None]  # [B, 1]
+            ids = next_ids[:, None]  # [B, 1]; finished rows keep running, their output is closed
             mask = kv_cache.extend_mask(mask)  # [B, P + 1]
             positions = kv_cache.next_positions(mask)  # [B, 1]
 
@@ -123,14 +146,31 @@ class Generator:
         return logits, present
 
     @staticmethod
+    def _process(
+        scores: np.ndarray, rows: list[Row], opts: GenerationOptions, eos: np.ndarray, step: int
+    ) -> np.ndarray:
+        """transformers' logits processors, row by row. scores: [B, V] (a copy is modified)."""
+        plain = opts.repetition_penalty == 1.0 and not opts.no_repeat_ngram_size
+        if plain and step >= opts.min_new_tokens:
+            return scores
+        scores = scores.copy()
+        for row, row_scores in zip(rows, scores, strict=True):
+            processors.repetition_penalty(row_scores, row.history, opts.repetition_penalty)
+            processors.no_repeat_ngram(row_scores, row.history, opts.no_repeat_ngram_size)
+            if step < opts.min_new_tokens:
+                processors.suppress(row_scores, eos)
+        return scores
+
+    @staticmethod
     def _choose(
-        logits: np.ndarray, opts: GenerationOptions, rng: np.random.Generator
+        scores: np.ndarray, opts: GenerationOptions, rng: np.random.Generator
     ) -> np.ndarray:
         if not opts.do_sample:
-            return greedy(logits)
-        return sample(logits_to_probs(logits, opts.temperature, opts.top_k, opts.top_p), rng)
+            return greedy(scores)
+        return sample(logits_to_probs(scores, opts.temperature, opts.top_k, opts.top_p), rng)
 
     def _stop_ids(self, opts: GenerationOptions) -> np.ndarray:
+        """EOS ids: an explicit override, else the model's; none with ignore_eos."""
         if opts.ignore_eos:
             return np.empty(0, dtype=np.int64)
         if opts.eos_token_id is not None:
@@ -138,13 +178,25 @@ class Generator:
         eos = self.manifest.eos_token_id
         return np.asarray([] if eos is None else [eos], dtype=np.int64)
 
-    def _check_context(self, prompts: list[list[int]], opts: GenerationOptions) -> None:
-        longest = max(len(p) for p in prompts)
-        if longest == 0:
+    def _fit_context(self, prompt: list[int], opts: GenerationOptions) -> list[int]:
+        """The prompt itself, or its newest tokens with truncate_prompt="left"; else an error."""
+        if not prompt:
             raise InvalidOptionError("the prompt is empty: give at least one token of text")
         limit = self.manifest.max_positions
-        if longest + opts.max_new_tokens > limit:
-            raise ContextLengthError(
-                f"prompt of {longest} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
-                f"model's context of {limit} tokens: shorten the prompt or lower max_new_tokens"
-            )
+        room = limit - opts.max_new_tokens
+        if len(prompt) <= room:
+            return prompt
+        if opts.truncate_prompt == "left" and room >= 1:
+            return prompt[-room:]
+        raise ContextLengthError(
+            f"prompt of {len(prompt)} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
+            f"model's context of {limit} tokens: shorten the prompt, lower max_new_tokens"
+            + (", or truncate the prompt (truncate_prompt='left')" if room >= 1 else "")
+        )
+
+    @staticmethod
+    def _shape(results: list, batched: bool, opts: GenerationOptions) -> list:
+        """Flat per-row results → per prompt (and per sequence when num_return_sequences > 1)."""
+        n = opts.num_return_sequences
+        grouped = results if n == 1 else [results[i : i + n] for i in range(0, len(results), n)]
+        return grouped if batched else grouped[0]
