@@ -34,7 +34,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix ortgen export tests bench examples
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.w1 --rounds 5
+	$(BIN)/python -m bench.generation --rounds 5
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(DEMO)-checkpoint bench/work .pytest_cache

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from ortgen.errors import ExportError, OrtgenError
+from ortgen.errors import ExportError, InvalidOptionError, OrtgenError
 
 EXIT_ERROR = 1  # the request could not be carried out
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -59,7 +59,7 @@ app = typer.Typer(
 )
 
 ModelDir = Annotated[
-    Path, typer.Option("--model", "-m", help="Model folder written by `ortgen export`.")
+    Path | None, typer.Option("--model", "-m", help="Model folder written by `ortgen export`.")
 ]
 Device = Annotated[str, typer.Option(help="Execution provider: cpu or cuda.")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads (default: ONNX Runtime's).")]
@@ -100,9 +100,14 @@ def export(
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="Prompt text, or - to read it from stdin.")],
-    model: ModelDir,
+    prompt: Annotated[
+        str | None, typer.Argument(help="Prompt text, or - to read it from stdin.")
+    ] = None,
+    model: ModelDir = None,  # type: ignore[assignment]  (required: checked below)
     max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most.")] = None,
+    min_new_tokens: Annotated[
+        int | None, typer.Option(help="Forbid EOS before this many tokens.")
+    ] = None,
     do_sample: Annotated[
         bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")
     ] = None,
@@ -113,7 +118,31 @@ def generate(
     top_p: Annotated[
         float | None, typer.Option(help="Nucleus mass when sampling, in (0, 1].")
     ] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(help="> 1 discourages repeating ids (1.0: off).")
+    ] = None,
+    no_repeat_ngram_size: Annotated[
+        int | None, typer.Option(help="Never repeat an n-gram of this size (0: off).")
+    ] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop string (repeatable); output ends before it.")
+    ] = None,
+    num_return_sequences: Annotated[
+        int | None, typer.Option(help="Samples per prompt (with --do-sample).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="RNG seed for reproducible sampling.")] = None,
+    eos_token_id: Annotated[
+        int | None, typer.Option(help="Stop at this id instead of the model's EOS.")
+    ] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at EOS.")] = False,
+    truncate_prompt: Annotated[
+        str | None, typer.Option(help="'left': drop the oldest prompt tokens to fit the context.")
+    ] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(help="One prompt per line, or JSONL with a 'prompt' field; writes JSONL."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch with --prompts-file.")] = 8,
     device: Device = "cpu",
     threads: Threads = None,
     as_json: Annotated[
@@ -123,25 +152,78 @@ def generate(
     """Continue PROMPT with the model, streaming the text to stdout as it is produced."""
     from ortgen.generator import Generator
 
-    text = sys.stdin.read() if prompt == "-" else prompt
-    generator = Generator.from_dir(model, device=device, threads=threads)
+    if model is None:
+        raise typer.BadParameter("--model is required: the folder written by `ortgen export`")
+    if (prompt is None) == (prompts_file is None):
+        raise typer.BadParameter("give either PROMPT or --prompts-file FILE (one of them)")
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be ≥ 1, got {batch_size}")
     options = dict(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=do_sample,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        stop=tuple(stop) if stop else None,
+        num_return_sequences=num_return_sequences,
         seed=seed,
+        eos_token_id=eos_token_id,
+        ignore_eos=ignore_eos or None,
+        truncate_prompt=truncate_prompt,
     )
-    generator.options(**options)  # validate before any output
-    if as_json:
-        continuation = generator.generate(text, **options)
-        print(json.dumps([{"generated_text": text + continuation}], ensure_ascii=False))
+    generator = Generator.from_dir(model, device=device, threads=threads)
+    resolved = generator.options(**options)  # validate before any output
+    if prompts_file is not None:
+        prompts = read_prompts(prompts_file)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            print_jsonl(batch, generator.generate(batch, **options))
         return
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if as_json:
+        result = generator.generate(text, **options)
+        outputs = result if isinstance(result, list) else [result]
+        print(json.dumps([{"generated_text": text + c} for c in outputs], ensure_ascii=False))
+        return
+    if resolved.num_return_sequences > 1:
+        raise typer.BadParameter("--num-return-sequences > 1 needs --json or --prompts-file")
     for piece in generator.stream(text, **options):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Plain lines, or JSONL objects with a "prompt" field (detected per line); blanks skipped."""
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as err:
+        raise InvalidOptionError(f"cannot read --prompts-file {path}: {err.strerror}") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.lstrip().startswith("{"):
+            prompts.append(line)
+            continue
+        try:
+            prompts.append(str(json.loads(line)["prompt"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InvalidOptionError(
+                f'{path}:{number}: a JSON line needs a "prompt" field, e.g. {{"prompt": "Hi"}}'
+            ) from None
+    if not prompts:
+        raise InvalidOptionError(f"--prompts-file {path} holds no prompts")
+    return prompts
+
+
+def print_jsonl(prompts: list[str], results: list) -> None:
+    """One line per returned sequence: prompt, sequence index, prompt + continuation."""
+    for text, result in zip(prompts, results, strict=True):
+        for index, continuation in enumerate(result if isinstance(result, list) else [result]):
+            record = {"prompt": text, "sequence": index, "generated_text": text + continuation}
+            print(json.dumps(record, ensure_ascii=False), flush=True)
 
 
 def main() -> None:

@@ -121,3 +121,105 @@ def test_console_script_exit_codes(exported):
     usage = subprocess.run([*base, "hi", "--nope"], capture_output=True, text=True)
     assert (ok.returncode, bad.returncode, usage.returncode) == (0, 1, 2)
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_prompts_file_writes_jsonl_in_batches(exported, tmp_path):
+    from ortgen import Generator
+
+    prompts = ["Once upon a time", "The quick brown fox", "Numbers", "Caf\u00e9"]
+    plain = tmp_path / "prompts.txt"
+    plain.write_text("\n".join(prompts[:2]) + "\n\n")
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"prompt": p, "id": i}) for i, p in enumerate(prompts)))
+    folder = str(exported["gpt2"])
+    expected = Generator.from_dir(folder).generate(prompts, max_new_tokens=6)
+    for path, count in ((plain, 2), (jsonl, 4)):
+        result = run(
+            "generate",
+            "-m",
+            folder,
+            "--prompts-file",
+            str(path),
+            "--batch-size",
+            "3",
+            "--max-new-tokens",
+            "6",
+        )
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in result.output.splitlines()]
+        assert [r["prompt"] for r in records] == prompts[:count]
+        assert [r["generated_text"] for r in records] == [
+            p + c for p, c in zip(prompts[:count], expected[:count], strict=True)
+        ]
+
+
+def test_cli_decoding_options_reach_the_generator(exported):
+    from ortgen import Generator
+
+    folder = str(exported["gpt_neo"])
+    args = [
+        "--do-sample",
+        "--seed",
+        "2",
+        "--num-return-sequences",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--repetition-penalty",
+        "1.2",
+        "--no-repeat-ngram-size",
+        "2",
+        "--stop",
+        "zz",
+    ]
+    result = run("generate", "Once", "-m", folder, "--json", *args)
+    assert result.exit_code == 0, result.output
+    expected = Generator.from_dir(folder).generate(
+        "Once",
+        do_sample=True,
+        seed=2,
+        num_return_sequences=3,
+        max_new_tokens=8,
+        repetition_penalty=1.2,
+        no_repeat_ngram_size=2,
+        stop=["zz"],
+    )
+    assert json.loads(result.output) == [{"generated_text": "Once" + c} for c in expected]
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["generate", "-m", "{gpt2}"], 2, "PROMPT or --prompts-file"),
+        (["generate", "hi", "-m", "{gpt2}", "--prompts-file", "{tmp}/p"], 2, "PROMPT or"),
+        (["generate", "-m", "{gpt2}", "--prompts-file", "{tmp}/missing.txt"], 1, "cannot read"),
+        (["generate", "hi", "-m", "{gpt2}", "--num-return-sequences", "2"], 1, "needs sampling"),
+        (
+            ["generate", "hi", "-m", "{gpt2}", "--do-sample", "--num-return-sequences", "2"],
+            2,
+            "--json",
+        ),
+        (
+            ["generate", "hi", "-m", "{gpt2}", "--min-new-tokens", "30", "--max-new-tokens", "5"],
+            1,
+            "min_new_tokens",
+        ),
+        (["generate", "hi", "-m", "{gpt2}", "--truncate-prompt", "right"], 1, "truncate_prompt"),
+        (["generate", "hi", "-m", "{gpt2}", "--repetition-penalty", "0"], 1, "repetition_penalty"),
+    ],
+)
+def test_decoding_option_errors_are_one_line(args, code, fragment, exported, tmp_path):
+    values = dict(tmp=tmp_path, gpt2=exported["gpt2"])
+    result = run(*[a.format(**values) for a in args])
+    assert_one_line_error(result, code, fragment)
+
+
+def test_truncate_prompt_from_the_cli(exported):
+    long_prompt = "Once upon a time " * 60  # more tokens than the tiny model's context
+    folder = str(exported["gpt2"])
+    refused = run("generate", long_prompt, "-m", folder, "--max-new-tokens", "4")
+    assert_one_line_error(refused, 1, "context")
+    ok = run(
+        "generate", long_prompt, "-m", folder, "--max-new-tokens", "4", "--truncate-prompt", "left"
+    )
+    assert ok.exit_code == 0, ok.output

@@ -20,7 +20,8 @@ def reference(model, ids, pad_id, **settings) -> list[int]:
     config = GenerationConfig(do_sample=False, pad_token_id=pad_id, **settings)
     with torch.inference_mode():
         out = model.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             generation_config=config,
         )
     return out[0, len(ids) :].tolist()
@@ -39,8 +40,14 @@ def reference(model, ids, pad_id, **settings) -> list[int]:
 )
 def test_greedy_processors_equal_transformers(arch, settings, generators, references):
     generator = generators[arch]
-    expected = reference(references[arch], PROMPT_IDS, generator.pad_id, max_new_tokens=30,
-                         eos_token_id=None, **settings)
+    expected = reference(
+        references[arch],
+        PROMPT_IDS,
+        generator.pad_id,
+        max_new_tokens=30,
+        eos_token_id=None,
+        **settings,
+    )
     got = generator.generate_ids(PROMPT_IDS, max_new_tokens=30, ignore_eos=True, **settings)
     assert got == expected
 
@@ -111,8 +118,9 @@ def test_text_batch_equals_one_by_one(arch, generators):
     generator = generators[arch]
     prompts = ["Once upon a time", "The quick brown fox jumps over the lazy dog.", "Numbers"]
     options = dict(max_new_tokens=15, ignore_eos=True)
-    assert generator.generate(prompts, **options) == [generator.generate(p, **options)
-                                                      for p in prompts]
+    assert generator.generate(prompts, **options) == [
+        generator.generate(p, **options) for p in prompts
+    ]
 
 
 def test_rows_that_finish_stop_growing(generators):
