@@ -1,6 +1,6 @@
 """ortgen's export stage (import name `ortgen_export`): Hugging Face checkpoint → proven ONNX model
-folder. Needs the `export` extra (torch, transformers, optimum-onnx, onnx)."""
+folder. Needs the `export` extra (torch, transformers, optimum-onnx, onnx, onnxruntime)."""
 
-from ortgen_export.pipeline import STAGES, export_model
+from ortgen_export.pipeline import STAGES, ExportOptions, export_model
 
-__all__ = ["STAGES", "export_model"]
+__all__ = ["STAGES", "ExportOptions", "export_model"]

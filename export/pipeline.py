@@ -1,68 +1,96 @@
-"""The export stage end to end: load → export → check → write, reported stage by stage."""
+"""The export stage end to end: load → export → optimize → check → write, reported by stage."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ortgen_export import graph, parity
-from ortgen_export.architectures import architecture_of
-from ortgen_export.folder import refuse_existing, staged_folder
-from ortgen_export.source import load_checkpoint, load_config, locate
-
 from ortgen.errors import InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest
+from ortgen_export import fusion, graph, parity, quantize
+from ortgen_export.architectures import architecture_of
+from ortgen_export.folder import refuse_existing, staged_folder
+from ortgen_export.source import Checkpoint, load_checkpoint, load_config, locate
 
-STAGES = ("load", "export", "check", "write")
+STAGES = ("load", "export", "optimize", "check", "write")
 StageCallback = Callable[[str], None]  # called with a stage name as it starts
 _PACKAGES = ("ortgen", "torch", "transformers", "optimum-onnx", "onnx", "onnxruntime")
+_BITS = {"int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `ortgen export` builds."""
+
+    precision: str = "fp32"  # fp32, int8 or int4 (weight-only, int8 compute on CPU)
+    block_size: int = 32  # int8 / int4: weights per scale along K
+    accuracy_level: int = 4  # int8 / int4: MatMulNBits compute type (4: int8 activations)
+    optimize: bool = True  # run operator fusion (SkipLayerNormalization, FastGelu, …)
+    allow_partial: bool = False  # accept a quantized model with some linear layers left float
+    min_agreement: float | None = None  # int8 / int4: replaces the top-1 / greedy thresholds
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InvalidOptionError(
+                f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        if self.precision in _BITS:
+            self.quant_config()  # validates block size and accuracy level
+        self.thresholds()  # validates min_agreement
+
+    def thresholds(self) -> parity.Thresholds:
+        return parity.thresholds_for(self.precision, self.min_agreement)
+
+    def quant_config(self) -> quantize.QuantConfig:
+        return quantize.QuantConfig(_BITS[self.precision], self.block_size, self.accuracy_level)
 
 
 def export_model(
     source: str,
     output_dir: str | Path,
-    precision: str = "fp32",
+    options: ExportOptions | None = None,
     force: bool = False,
     on_stage: StageCallback | None = None,
 ) -> Manifest:
     """Export `source` (hub id or checkpoint folder) to the model folder `output_dir`."""
-    stage = on_stage or (lambda name: None)
+    options = options or ExportOptions()
     output = Path(output_dir).expanduser().absolute()
-    if precision not in PRECISIONS:
-        raise InvalidOptionError(f"precision {precision!r} is not available yet: use {PRECISIONS}")
     refuse_existing(output, force)  # before any slow work
     with graph.quiet():
-        return _export(source, output, precision, force, stage)
+        return _export(source, output, options, force, on_stage or (lambda name: None))
 
 
-def _export(source: str, output: Path, precision: str, force: bool, stage: StageCallback):
+def _export(
+    source: str, output: Path, options: ExportOptions, force: bool, stage: StageCallback
+) -> Manifest:
     stage("load")
     path = locate(source)
     config = load_config(path, source)
     arch = architecture_of(config, source)
     checkpoint = load_checkpoint(source, path, config)
+    fields = arch.manifest_fields(config)
 
     with staged_folder(output, force) as staging:
         stage("export")
         model = graph.trace(checkpoint.model)
-        tied = graph.store_tied_weights_once(model)
-        files = graph.save(model, staging)
-        _copy_side_files(checkpoint, staging)
+        facts = {"tied_weights_stored_once": graph.store_tied_weights_once(model)}
 
+        stage("optimize")
+        model = _optimize(model, options, fields, facts)
+        facts["node_counts"] = graph.node_counts(model)
+        facts["files"] = graph.save(model, staging)
+        _copy_side_files(checkpoint, staging)
         manifest = Manifest(
-            **arch.manifest_fields(config),
-            precision=precision,
+            **fields,
+            precision=options.precision,
             opset=graph.OPSET,
             source=source,
             versions=_versions(),
-            export={
-                "files": files,
-                "tied_weights_stored_once": tied,
-                "node_counts": graph.node_counts(model),
-            },
+            export=facts,
         )
         _write_manifest(manifest, staging)  # the runtime under test reads it
 
@@ -70,7 +98,9 @@ def _export(source: str, output: Path, precision: str, force: bool, stage: Stage
         prompts = parity.parity_prompts(
             checkpoint.tokenizer, arch.local_window(config), config.max_position_embeddings
         )
-        report = parity.check_parity(checkpoint.model, staging, prompts, precision)
+        report = parity.check_parity(
+            checkpoint.model, staging, prompts, options.precision, options.thresholds()
+        )
 
         stage("write")
         manifest = dataclasses.replace(manifest, parity=parity.report_dict(report))
@@ -78,15 +108,25 @@ def _export(source: str, output: Path, precision: str, force: bool, stage: Stage
     return manifest
 
 
-def _copy_side_files(checkpoint, folder: Path) -> None:
+def _optimize(model, options: ExportOptions, fields: dict, facts: dict):
+    """Fusion, then quantization or fp16 conversion; records what each did in `facts`."""
+    facts["optimized"] = options.optimize
+    if options.optimize:
+        model, facts["fused_nodes"] = fusion.fuse(model, fields["num_heads"], fields["hidden_size"])
+    if options.precision in _BITS:
+        report = quantize.quantize(model, options.quant_config())
+        quantize.require_complete(report, options.allow_partial)
+        facts["quantization"] = dataclasses.asdict(report)
+    return model
+
+
+def _copy_side_files(checkpoint: Checkpoint, folder: Path) -> None:
     """config.json, generation_config.json (when the source has one) and the tokenizer files."""
     checkpoint.config.save_pretrained(folder)
     source_generation = checkpoint.path / "generation_config.json"
     if source_generation.is_file():
         shutil.copyfile(source_generation, folder / "generation_config.json")
     checkpoint.tokenizer.save_pretrained(folder)
-    if not (folder / "tokenizer.json").is_file():  # pragma: no cover - fast tokenizers write it
-        raise InvalidOptionError("the tokenizer could not be saved as tokenizer.json")
 
 
 def _write_manifest(manifest: Manifest, folder: Path) -> None:

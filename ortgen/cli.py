@@ -72,14 +72,32 @@ def export(
         typer.Argument(help="Hub id (gpt2, EleutherAI/gpt-neo-125M…) or local checkpoint folder."),
     ],
     output_dir: Annotated[Path, typer.Argument(help="Model folder to create.")],
-    precision: Annotated[str, typer.Option(help="Weight precision: fp32.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="fp32, int8 or int4 (weight-only; int8 compute on CPU).")
+    ] = "fp32",
+    block_size: Annotated[
+        int, typer.Option(help="int8/int4: weights per quantization scale (power of two ≥ 16).")
+    ] = 32,
+    accuracy_level: Annotated[
+        int, typer.Option(help="int8/int4: MatMulNBits compute, 4 = int8 activations, 0 = fp32.")
+    ] = 4,
+    optimize: Annotated[
+        bool, typer.Option("--optimize/--no-optimize", help="Fuse operators (default on).")
+    ] = True,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Accept a partly quantized model.")
+    ] = False,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(help="int8/int4: top-1 agreement required (default 0.90 / 0.80)."),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUTPUT_DIR if it exists.")
     ] = False,
 ) -> None:
     """Export a checkpoint to a model folder, proven equal to transformers."""
     try:
-        from ortgen_export import export_model
+        from ortgen_export import ExportOptions, export_model
     except ImportError as err:
         raise ExportError(
             f"the export stage needs its extra ({err.name or err} is missing): "
@@ -87,13 +105,17 @@ def export(
         ) from None
     from ortgen.progress import StageProgress
 
+    options = ExportOptions(
+        precision, block_size, accuracy_level, optimize, allow_partial, min_agreement
+    )
     with StageProgress() as progress:
-        manifest = export_model(source, output_dir, precision, force, on_stage=progress.start)
+        manifest = export_model(source, output_dir, options, force, on_stage=progress.start)
     report = manifest.parity
     print(
         f"exported {manifest.architecture} ({manifest.precision}) to {output_dir}: "
-        f"parity max |Δ logits| {report['max_abs_diff']:.1e} ≤ {report['atol']:.0e}, "
-        f"greedy identical on {len(report['prompts'])} prompts",
+        f"max |Δ logits| {report['max_abs_diff']:.1e}, top-1 agreement "
+        f"{report['top1_agreement']:.1%}, greedy agreement {report['greedy_agreement']:.1%} "
+        f"against transformers on {len(report['prompts'])} prompts",
         file=sys.stderr,
     )
 

@@ -16,7 +16,22 @@ CORPUS = [
 ] * 20
 EOS = "<|endoftext|>"
 WINDOW = 8  # GPT-Neo local window: shorter than the test prompts
-INIT_RANGE = 0.3  # wide weights: logits far apart, so greedy choices are not near-ties
+TRAIN_STEPS = 150  # a short fit to CORPUS: peaked, structured predictions like a real model's
+
+
+def training_text(sentences: int = 400, seed: int = 0) -> str:
+    """Template sentences: enough structure for a tiny model to learn in seconds."""
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["The old fisherman", "A small child", "The lighthouse keeper", "My neighbour"]
+    verbs = ["told stories about", "walked along", "was afraid of", "dreamed of"]
+    objects = ["the stormy sea", "distant islands", "the harbour at night", "strange lights"]
+    lines = [
+        f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+        for _ in range(sentences)
+    ]
+    return " ".join(lines)
 
 
 def train_tokenizer(vocab_size: int = 400):
@@ -31,7 +46,7 @@ def train_tokenizer(vocab_size: int = 400):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.train_from_iterator(CORPUS + [training_text()], trainer)
     return tokenizer
 
 
@@ -51,9 +66,7 @@ def build_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
     common = dict(vocab_size=tokenizer.get_vocab_size(), bos_token_id=eos_id, eos_token_id=eos_id)
     torch.manual_seed(seed)
     if architecture == "gpt2":
-        config = GPT2Config(
-            n_layer=2, n_head=4, n_embd=64, n_positions=128, initializer_range=INIT_RANGE, **common
-        )
+        config = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, **common)
         model = GPT2LMHeadModel(config)
     else:
         config = GPTNeoConfig(
@@ -63,12 +76,30 @@ def build_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
             hidden_size=64,
             num_heads=4,
             max_position_embeddings=128,
-            initializer_range=INIT_RANGE,
             **common,
         )
         model = GPTNeoForCausalLM(config)
+    fit(model, tokenizer.encode(training_text()).ids, TRAIN_STEPS)
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS
     ).save_pretrained(folder)
     return folder
+
+
+def fit(model, ids: list[int], steps: int, length: int = 48, batch: int = 16) -> None:
+    """A few hundred AdamW steps of next-token prediction on `ids` (CPU, seconds)."""
+    import torch
+
+    data = torch.tensor(ids)
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - length - 1, (batch,), generator=generator)
+        inputs = torch.stack([data[s : s + length] for s in starts])
+        loss = model(inputs, labels=inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()

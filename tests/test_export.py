@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from ortgen_export import export_model, parity
 
 from ortgen.errors import ExportError, ParityError, UnsupportedModelError
 from ortgen.manifest import read_manifest
+from ortgen_export import export_model, parity
 
 
 def test_folder_has_the_contract_files(arch, exported):
@@ -105,7 +105,9 @@ def test_parity_check_fails_on_a_wrong_graph(checkpoints, references, exported, 
     onnx.save(model, str(broken / "model.onnx"))
     prompts = [np.arange(1, 20).tolist()] * 3
     with pytest.raises(ParityError, match="parity check failed"):
-        parity.check_parity(references["gpt2"], broken, prompts, "fp32")
+        parity.check_parity(
+            references["gpt2"], broken, prompts, "fp32", parity.thresholds_for("fp32")
+        )
 
 
 def test_unsupported_architecture_is_refused(tmp_path):

@@ -1,0 +1,211 @@
+"""Weight-only block quantization of every linear layer, the LM head included: each MatMul / Gemm
+with a constant weight becomes `MatMulNBits` (symmetric int8 or int4 blocks along K, int8 compute on
+CPU), and the embedding tables become `GatherBlockQuantized` — the tied embedding shares the LM
+head's packed bytes, so it is stored once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ortgen.errors import ExportError, InvalidOptionError
+
+MS_DOMAIN = "com.microsoft"
+_MIN_EMBEDDING = 2**16  # Gather tables at least this large are quantized (wte, wpe)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How weights are quantized."""
+
+    bits: int  # 8 or 4
+    block_size: int = 32  # weights per scale along K: a power of two ≥ 16
+    accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 activations (VNNI), 0 = as A
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise InvalidOptionError(f"bits must be 4 or 8, got {self.bits}")
+        size = self.block_size
+        if size < 16 or size & (size - 1):
+            raise InvalidOptionError(f"--block-size must be a power of two ≥ 16, got {size}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise InvalidOptionError(
+                f"--accuracy-level must be 0–4 (4: int8 compute), got {self.accuracy_level}"
+            )
+
+
+@dataclass
+class QuantReport:
+    linear_layers: int  # MatMul / Gemm nodes with a constant weight, before quantization
+    quantized_layers: int  # of those, now MatMulNBits
+    quantized_embeddings: list[str]  # Gather tables now GatherBlockQuantized
+    config: dict  # the QuantConfig used
+
+    @property
+    def complete(self) -> bool:
+        return self.quantized_layers == self.linear_layers
+
+
+def pack_rows(rows: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric block quantization of a [N, K] weight, codes packed low-first along K.
+
+    → data uint8 [N, K_blocks, block * bits / 8], scales float32 [N, K_blocks].
+    """
+    n, k = rows.shape
+    padded = np.zeros((n, -(-k // block) * block), dtype=np.float32)
+    padded[:, :k] = rows
+    blocks = padded.reshape(n, -1, block)  # [N, KB, block]
+    top = 2 ** (bits - 1)  # codes are value / scale + top, in [0, 2 * top)
+    scales = np.abs(blocks).max(axis=-1) / (top - 1)  # [N, KB]
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.rint(blocks / scales[..., None]), -top, top - 1).astype(np.int16) + top
+    codes = codes.astype(np.uint8)
+    if bits == 4:
+        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return np.ascontiguousarray(codes), scales.astype(np.float32)
+
+
+def quantize(model: onnx.ModelProto, config: QuantConfig) -> QuantReport:
+    """Rewrite `model` in place; returns what was quantized."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    linear = [n for n in graph.node if _weight_rows(n, inits) is not None]
+    packed: dict[str, tuple[str, str, int]] = {}  # weight → (data, scales, N) for Gather sharing
+    done = 0
+    for node in linear:
+        rows_of = _weight_rows(node, inits)
+        if rows_of is None:
+            continue
+        done += _replace_linear(graph, node, rows_of(), config, packed)
+    embeddings = _quantize_embeddings(graph, inits, config, packed)
+    _drop_unused(graph)
+    _ensure_domain(model)
+    return QuantReport(len(linear), done, embeddings, asdict(config))
+
+
+def _weight_rows(node: onnx.NodeProto, inits: dict):
+    """A callable giving the [N, K] weight of a linear node; None without a constant weight."""
+    if len(node.input) < 2 or node.input[1] not in inits or len(inits[node.input[1]].dims) != 2:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    weight = inits[node.input[1]]
+    if node.op_type == "MatMul":
+        return lambda: numpy_helper.to_array(weight).T
+    if node.op_type == "Gemm" and not attrs.get("transA", 0):
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return None
+        trans_b = attrs.get("transB", 0)
+        return lambda: numpy_helper.to_array(weight) if trans_b else numpy_helper.to_array(weight).T
+    return None
+
+
+def _replace_linear(graph, node, rows: np.ndarray, config: QuantConfig, packed: dict) -> int:
+    n, k = rows.shape
+    weight = node.input[1]
+    if weight not in packed:
+        data, scales = pack_rows(rows.astype(np.float32), config.bits, config.block_size)
+        data_name, scales_name = f"{weight}.q{config.bits}", f"{weight}.scales"
+        graph.initializer.extend(
+            [numpy_helper.from_array(data, data_name), numpy_helper.from_array(scales, scales_name)]
+        )
+        packed[weight] = (data_name, scales_name, n)
+    data_name, scales_name, _ = packed[weight]
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+    out = node.output[0]
+    product = f"{out}.nobias" if bias else out
+    new = [
+        helper.make_node(
+            "MatMulNBits",
+            [node.input[0], data_name, scales_name],
+            [product],
+            name=f"{node.name or out}.nbits",
+            domain=MS_DOMAIN,
+            K=k,
+            N=n,
+            bits=config.bits,
+            block_size=config.block_size,
+            accuracy_level=config.accuracy_level,
+        )
+    ]
+    if bias:
+        new.append(helper.make_node("Add", [product, bias], [out]))
+    _swap(graph, node, new)
+    return 1
+
+
+def _quantize_embeddings(graph, inits: dict, config: QuantConfig, packed: dict) -> list[str]:
+    """Gather on a large float table → GatherBlockQuantized, sharing the LM head's bytes if tied."""
+    done = []
+    for node in [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits]:
+        table = inits[node.input[0]]
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        big = len(table.dims) == 2 and table.dims[0] * table.dims[1] >= _MIN_EMBEDDING
+        if axis != 0 or not big or table.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if node.input[0] not in packed:  # untied: pack the table itself, rows = vocabulary
+            rows = numpy_helper.to_array(table)
+            data, scales = pack_rows(rows, config.bits, config.block_size)
+            name = node.input[0]
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(data, f"{name}.q{config.bits}"),
+                    numpy_helper.from_array(scales, f"{name}.scales"),
+                ]
+            )
+            packed[name] = (f"{name}.q{config.bits}", f"{name}.scales", rows.shape[0])
+        data_name, scales_name, rows_count = packed[node.input[0]]
+        flat = f"{data_name}.2d"
+        if flat not in {t.name for t in graph.initializer}:
+            graph.initializer.append(
+                numpy_helper.from_array(np.array([rows_count, -1], dtype=np.int64), f"{flat}.shape")
+            )
+        _swap(
+            graph,
+            node,
+            [
+                helper.make_node(
+                    "Reshape", [data_name, f"{flat}.shape"], [f"{node.output[0]}.data"]
+                ),
+                helper.make_node(
+                    "GatherBlockQuantized",
+                    [f"{node.output[0]}.data", node.input[1], scales_name],
+                    list(node.output),
+                    domain=MS_DOMAIN,
+                    bits=config.bits,
+                    block_size=config.block_size,
+                    gather_axis=0,
+                    quantize_axis=1,
+                ),
+            ],
+        )
+        done.append(node.input[0])
+    return done
+
+
+def _swap(graph, old: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+    position = list(graph.node).index(old)
+    graph.node.remove(old)
+    for offset, node in enumerate(new):
+        graph.node.insert(position + offset, node)
+
+
+def _drop_unused(graph) -> None:
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+
+
+def _ensure_domain(model: onnx.ModelProto) -> None:
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+
+
+def require_complete(report: QuantReport, allow_partial: bool) -> None:
+    if not report.complete and not allow_partial:
+        raise ExportError(
+            f"only {report.quantized_layers}/{report.linear_layers} linear layers were quantized: "
+            "re-run with --allow-partial to accept a partly quantized model"
+        )
