@@ -14,7 +14,6 @@ from onnx import helper, numpy_helper
 from ortgen.errors import ExportError, InvalidOptionError
 
 MS_DOMAIN = "com.microsoft"
-_MIN_EMBEDDING = 2**16  # Gather tables at least this large are quantized (wte, wpe)
 
 
 @dataclass(frozen=True)
@@ -137,13 +136,14 @@ def _replace_linear(graph, node, rows: np.ndarray, config: QuantConfig, packed: 
 
 
 def _quantize_embeddings(graph, inits: dict, config: QuantConfig, packed: dict) -> list[str]:
-    """Gather on a large float table → GatherBlockQuantized, sharing the LM head's bytes if tied."""
+    """Gather on a float table (wte, wpe) → GatherBlockQuantized, sharing the LM head's bytes
+    when tied. Tables whose width is not a whole number of blocks stay float."""
     done = []
     for node in [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits]:
         table = inits[node.input[0]]
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-        big = len(table.dims) == 2 and table.dims[0] * table.dims[1] >= _MIN_EMBEDDING
-        if axis != 0 or not big or table.data_type != onnx.TensorProto.FLOAT:
+        whole = len(table.dims) == 2 and table.dims[1] % config.block_size == 0
+        if axis != 0 or not whole or table.data_type != onnx.TensorProto.FLOAT:
             continue
         if node.input[0] not in packed:  # untied: pack the table itself, rows = vocabulary
             rows = numpy_helper.to_array(table)

@@ -218,6 +218,43 @@ def generate(
     sys.stdout.write("\n")
 
 
+@app.command(name="eval")
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `ortgen export`.")],
+    text: Annotated[Path, typer.Option(help="UTF-8 text file to measure perplexity on.")],
+    window: Annotated[
+        int | None, typer.Option(help="Tokens per forward pass (default: the model's context).")
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option(help="Tokens a window advances by (default: half a window).")
+    ] = None,
+    device: Device = "cpu",
+    threads: Threads = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Perplexity of a text file under the model, and tokens/s, to compare precisions."""
+    import dataclasses
+
+    from ortgen.evaluation import evaluate as run_evaluation
+    from ortgen.generator import Generator
+
+    try:
+        content = text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidOptionError(f"cannot read --text {text}: {err}") from None
+    generator = Generator.from_dir(model_dir, device=device, threads=threads)
+    result = run_evaluation(generator, generator.encode(content), window, stride)
+    if as_json:
+        record = {"precision": generator.manifest.precision, **dataclasses.asdict(result)}
+        print(json.dumps(record))
+        return
+    print(
+        f"perplexity {result.perplexity:.4f} over {result.tokens} tokens "
+        f"({generator.manifest.precision}, {result.windows} windows, "
+        f"{result.tokens_per_s:.0f} tokens/s)"
+    )
+
+
 def read_prompts(path: Path) -> list[str]:
     """Plain lines, or JSONL objects with a "prompt" field (detected per line); blanks skipped."""
     try:

@@ -1,0 +1,190 @@
+"""Quantized exports: every linear layer quantized (LM head included), the tied embedding stored
+once, fusion recorded, fidelity measured against transformers and enforced by thresholds."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ortgen import Generator
+from ortgen.errors import ExportError, InvalidOptionError, ParityError
+from ortgen.manifest import read_manifest
+from ortgen_export import ExportOptions, export_model
+from ortgen_export.quantize import QuantReport, pack_rows, require_complete
+
+PRECISIONS = ("int8", "int4")
+
+
+@pytest.fixture(scope="session")
+def quantized(checkpoints, tmp_path_factory) -> dict[tuple[str, str], object]:
+    root = tmp_path_factory.mktemp("quantized")
+    return {
+        (arch, p): export_model(str(ckpt), root / f"{arch}-{p}", ExportOptions(precision=p))
+        and root / f"{arch}-{p}"
+        for arch, ckpt in checkpoints.items()
+        for p in PRECISIONS
+    }
+
+
+def dequantize(data: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """Reference decode of pack_rows' layout, written independently: [N, KB, blob] → [N, K]."""
+    if bits == 4:
+        low, high = data & 0x0F, data >> 4
+        codes = np.stack([low, high], axis=-1).reshape(*data.shape[:2], -1)
+    else:
+        codes = data
+    values = (codes.astype(np.float32) - 2 ** (bits - 1)) * scales[..., None]
+    return values.reshape(data.shape[0], -1)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_packed_weights_match_onnxruntime_matmulnbits(bits):
+    rng = np.random.default_rng(bits)
+    rows = rng.normal(size=(48, 96)).astype(np.float32)  # [N, K]
+    data, scales = pack_rows(rows, bits, 32)
+    restored = dequantize(data, scales, bits)
+    assert np.abs(restored - rows).max() <= scales.max() / 2 + 1e-6  # round-to-nearest
+    node = helper.make_node(
+        "MatMulNBits",
+        ["A", "B", "S"],
+        ["Y"],
+        domain="com.microsoft",
+        K=96,
+        N=48,
+        bits=bits,
+        block_size=32,
+        accuracy_level=0,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, 96])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(data, "B"), numpy_helper.from_array(scales, "S")],
+    )
+    model = helper.make_model(
+        graph,
+        ir_version=10,
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = rng.normal(size=(5, 96)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"A": a})[0], a @ restored.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_linear_layer_is_quantized(arch, precision, quantized, exported):
+    folder = quantized[(arch, precision)]
+    manifest = read_manifest(folder)
+    report = manifest.export["quantization"]
+    assert report["linear_layers"] > 0
+    assert report["quantized_layers"] == report["linear_layers"]
+    model = onnx.load(str(folder / "model.onnx"))
+    inits = {t.name for t in model.graph.initializer}
+    float_linear = [
+        n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits
+    ]
+    assert float_linear == []
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["MatMulNBits"] == report["linear_layers"] == linear_in(exported[arch])
+    assert ops["MatMulNBits"] >= 4 * manifest.num_layers + 1  # at least qkv/o/fc/proj + head
+    assert ops["GatherBlockQuantized"] == 2  # token and position embeddings
+
+
+def linear_in(folder) -> int:
+    """Constant-weight MatMul / Gemm nodes of the fp32 export of the same checkpoint."""
+    model = onnx.load(str(folder / "model.onnx"))
+    inits = {t.name for t in model.graph.initializer}
+    return sum(n.op_type in ("MatMul", "Gemm") and n.input[1] in inits for n in model.graph.node)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_tied_embedding_is_quantized_once(arch, precision, quantized):
+    folder = quantized[(arch, precision)]
+    model = onnx.load(str(folder / "model.onnx"))
+    manifest = read_manifest(folder)
+    head = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits" and dict_attr(n)["N"] == manifest.vocab_size
+    )
+    gathers = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    assert any(producers[g.input[0]].input[0] == head.input[1] for g in gathers)
+    vocab_sized = [
+        t for t in model.graph.initializer if t.dims and t.dims[0] == manifest.vocab_size
+    ]
+    assert len([t for t in vocab_sized if t.data_type == TensorProto.UINT8]) == 1
+    float_tables = [t for t in vocab_sized if t.data_type == TensorProto.FLOAT]
+    assert [tuple(t.dims) for t in float_tables] == [(manifest.vocab_size, 2)]  # the scales only
+
+
+def dict_attr(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_fidelity_report_is_within_thresholds(arch, precision, quantized):
+    report = read_manifest(quantized[(arch, precision)]).parity
+    assert report["passed"] and report["failures"] == []
+    assert report["nan_count"] == 0
+    assert report["top1_agreement"] >= report["thresholds"]["top1"]
+    assert report["greedy_agreement"] >= report["thresholds"]["greedy"]
+    assert report["max_abs_diff"] > 0  # quantization really changed the numbers
+    assert {"mean_abs_diff", "batch_max_abs_diff", "prompts"} <= set(report)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_quantized_model_generates_and_is_smaller(arch, precision, quantized, exported):
+    folder = quantized[(arch, precision)]
+    generator = Generator.from_dir(folder)
+    assert len(generator.generate_ids([1, 2, 3, 4], max_new_tokens=10, ignore_eos=True)) == 10
+    assert size(folder / "model.onnx") < size(exported[arch] / "model.onnx") / 2
+
+
+def size(path) -> int:
+    return path.stat().st_size
+
+
+def test_fusion_is_recorded_and_optional(checkpoints, exported, tmp_path):
+    fused = read_manifest(exported["gpt2"]).export
+    assert fused["optimized"] and fused["fused_nodes"].get("SkipLayerNormalization", 0) > 0
+    plain = export_model(
+        str(checkpoints["gpt2"]), tmp_path / "plain", ExportOptions(optimize=False)
+    )
+    assert not plain.export["optimized"] and "fused_nodes" not in plain.export
+    assert plain.parity["passed"]
+
+
+def test_fidelity_threshold_fails_the_export(checkpoints, tmp_path):
+    options = ExportOptions(precision="int4", min_agreement=1.0)
+    with pytest.raises(ParityError, match="int4 parity check failed: top-1 agreement"):
+        export_model(str(checkpoints["gpt_neo"]), tmp_path / "strict", options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_partial_quantization_is_refused_unless_allowed():
+    partial = QuantReport(linear_layers=9, quantized_layers=8, quantized_embeddings=[], config={})
+    with pytest.raises(ExportError, match="8/9 linear layers.*--allow-partial"):
+        require_complete(partial, allow_partial=False)
+    require_complete(partial, allow_partial=True)
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (dict(precision="int3"), "precision"),
+        (dict(precision="int4", block_size=24), "block-size"),
+        (dict(precision="int8", accuracy_level=7), "accuracy-level"),
+        (dict(precision="fp32", min_agreement=0.5), "min-agreement"),
+        (dict(precision="int8", min_agreement=1.5), "min-agreement"),
+    ],
+)
+def test_invalid_export_options_are_refused(options, fragment):
+    with pytest.raises(InvalidOptionError, match=fragment):
+        ExportOptions(**options)
