@@ -72,6 +72,38 @@ def quiet():
             torch_onnx.setLevel(torch_level)
 
 
+LOGITS_TO_KEEP = "logits_to_keep"  # graph input: logits for the last N positions, 0 = all
+
+
+def keep_last_logits(model: onnx.ModelProto, logits_name: str = "logits") -> bool:
+    """Add an optional input `logits_to_keep` ([1] int64, default 0 = every position): the LM
+    head then runs on the last N positions only. Generation asks for 1 during the prefill — the
+    head is the largest matmul — while parity checks and perplexity keep every position.
+    Clients that don't know the input (optimum's) get the full logits as before."""
+    graph = model.graph
+    head = next((n for n in graph.node if n.op_type == "MatMul" and logits_name in n.output), None)
+    if head is None:
+        return False
+    hidden, kept = head.input[0], f"{head.input[0]}.kept"  # [B, T, D] → [B, N or T, D]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), LOGITS_TO_KEEP),
+            numpy_helper.from_array(np.array([2**62], dtype=np.int64), f"{kept}.end"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), f"{kept}.axis"),
+        ]
+    )
+    graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, onnx.TensorProto.INT64, [1]))
+    nodes = [
+        helper.make_node("Neg", [LOGITS_TO_KEEP], [f"{kept}.start"]),  # -0 = 0: every position
+        helper.make_node("Slice", [hidden, f"{kept}.start", f"{kept}.end", f"{kept}.axis"], [kept]),
+    ]
+    position = list(graph.node).index(head)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    head.input[0] = kept
+    return True
+
+
 def store_tied_weights_once(model: onnx.ModelProto, logits_name: str = "logits") -> bool:
     """The exporter folds lm_head's transpose of the tied embedding into a second [D, V] copy.
     Rewrite `MatMul(x, Eᵀ)` as `Gemm(x, E, transB=1)` on the embedding itself and drop the copy.

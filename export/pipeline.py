@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ortgen.errors import InvalidOptionError
-from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest
+from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
 from ortgen_export import fusion, graph, parity, quantize
 from ortgen_export.architectures import architecture_of
 from ortgen_export.folder import refuse_existing, staged_folder
@@ -27,7 +27,7 @@ class ExportOptions:
     """What `ortgen export` builds."""
 
     precision: str = "fp32"  # fp32, int8 or int4 (weight-only, int8 compute on CPU)
-    block_size: int = 32  # int8 / int4: weights per scale along K
+    block_size: int | None = None  # weights per scale along K: default 32 (int4), 128 (int8 head)
     accuracy_level: int = 4  # int8 / int4: MatMulNBits compute type (4: int8 activations)
     optimize: bool = True  # run operator fusion (SkipLayerNormalization, FastGelu, …)
     allow_partial: bool = False  # accept a quantized model with some linear layers left float
@@ -46,7 +46,9 @@ class ExportOptions:
         return parity.thresholds_for(self.precision, self.min_agreement)
 
     def quant_config(self) -> quantize.QuantConfig:
-        return quantize.QuantConfig(_BITS[self.precision], self.block_size, self.accuracy_level)
+        bits = _BITS[self.precision]
+        block = self.block_size or (32 if bits == 4 else 128)
+        return quantize.QuantConfig(bits, block, self.accuracy_level)
 
 
 def export_model(
@@ -77,15 +79,22 @@ def _export(
     with staged_folder(output, force) as staging:
         stage("export")
         model = graph.trace(checkpoint.model)
-        facts = {"tied_weights_stored_once": graph.store_tied_weights_once(model)}
+        facts = {
+            "logits_to_keep_input": graph.keep_last_logits(model),
+            "tied_weights_stored_once": graph.store_tied_weights_once(model),
+        }
 
         stage("optimize")
         model = _optimize(model, options, fields, facts)
         facts["node_counts"] = graph.node_counts(model)
         facts["files"] = graph.save(model, staging)
         _copy_side_files(checkpoint, staging)
+        tensors = TensorNames(
+            logits_to_keep=graph.LOGITS_TO_KEEP if facts["logits_to_keep_input"] else None
+        )
         manifest = Manifest(
             **fields,
+            tensors=tensors,
             precision=options.precision,
             opset=graph.OPSET,
             source=source,

@@ -1,7 +1,7 @@
-"""Weight-only block quantization of every linear layer, the LM head included: each MatMul / Gemm
-with a constant weight becomes `MatMulNBits` (symmetric int8 or int4 blocks along K, int8 compute on
-CPU), and the embedding tables become `GatherBlockQuantized` — the tied embedding shares the LM
-head's packed bytes, so it is stored once."""
+"""Quantization of every linear layer, the LM head included. int8: per-output-channel symmetric
+weights in `DynamicQuantizeMatMul` (int8 GEMM, VNNI). int4: symmetric blocks along K in
+`MatMulNBits` (int8 compute on CPU). Embedding tables become `GatherBlockQuantized`; a tied
+embedding shares the LM head's block-packed bytes (8 or 4 bits), so it is stored once."""
 
 from __future__ import annotations
 
@@ -72,13 +72,15 @@ def quantize(model: onnx.ModelProto, config: QuantConfig) -> QuantReport:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     linear = [n for n in graph.node if _weight_rows(n, inits) is not None]
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather"}  # tied tables
     packed: dict[str, tuple[str, str, int]] = {}  # weight → (data, scales, N) for Gather sharing
     done = 0
     for node in linear:
-        rows_of = _weight_rows(node, inits)
-        if rows_of is None:
-            continue
-        done += _replace_linear(graph, node, rows_of(), config, packed)
+        rows = _weight_rows(node, inits)()
+        if config.bits == 8 and node.input[1] not in gathered:
+            done += _replace_per_channel(graph, node, rows)
+        else:
+            done += _replace_blocks(graph, node, rows, config, packed)
     embeddings = _quantize_embeddings(graph, inits, config, packed)
     _drop_unused(graph)
     _ensure_domain(model)
@@ -101,18 +103,59 @@ def _weight_rows(node: onnx.NodeProto, inits: dict):
     return None
 
 
-def _replace_linear(graph, node, rows: np.ndarray, config: QuantConfig, packed: dict) -> int:
-    n, k = rows.shape
+def _bias(node: onnx.NodeProto) -> str:
+    return node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+
+
+def _replace_per_channel(graph, node, rows: np.ndarray) -> int:
+    """int8 per output channel, activations quantized on the fly: DynamicQuantizeMatMul runs
+    MLAS' int8 GEMM (VNNI), the fastest CPU path for prefill and batches."""
     weight = node.input[1]
-    if weight not in packed:
-        data, scales = pack_rows(rows.astype(np.float32), config.bits, config.block_size)
-        data_name, scales_name = f"{weight}.q{config.bits}", f"{weight}.scales"
+    scales = np.abs(rows).max(axis=1) / 127  # [N]
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.rint(rows / scales[:, None]), -127, 127).astype(np.int8).T  # [K, N]
+    names = (f"{weight}.q8", f"{weight}.scales", f"{weight}.zero")
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.ascontiguousarray(codes), names[0]),
+            numpy_helper.from_array(scales.astype(np.float32), names[1]),
+            numpy_helper.from_array(np.zeros(len(scales), dtype=np.int8), names[2]),
+        ]
+    )
+    inputs = [node.input[0], *names] + ([_bias(node)] if _bias(node) else [])
+    out = node.output[0]
+    quantized = helper.make_node(
+        "DynamicQuantizeMatMul", inputs, [out], name=f"{node.name or out}.q8", domain=MS_DOMAIN
+    )
+    _swap(graph, node, [quantized])
+    return 1
+
+
+def _fitting_block(k: int, block: int) -> int:
+    """The configured block, halved until it divides K (tiny models), but not below 16."""
+    while block > 16 and k % block:
+        block //= 2
+    return block
+
+
+def _pack(graph, name: str, rows: np.ndarray, config: QuantConfig, packed: dict) -> tuple:
+    """Pack a [N, K] weight once per initializer. → (data, scales, N, block)."""
+    if name not in packed:
+        block = _fitting_block(rows.shape[1], config.block_size)
+        data, scales = pack_rows(rows.astype(np.float32), config.bits, block)
+        names = (f"{name}.q{config.bits}", f"{name}.scales")
         graph.initializer.extend(
-            [numpy_helper.from_array(data, data_name), numpy_helper.from_array(scales, scales_name)]
+            [numpy_helper.from_array(data, names[0]), numpy_helper.from_array(scales, names[1])]
         )
-        packed[weight] = (data_name, scales_name, n)
-    data_name, scales_name, _ = packed[weight]
-    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+        packed[name] = (*names, rows.shape[0], block)
+    return packed[name]
+
+
+def _replace_blocks(graph, node, rows: np.ndarray, config: QuantConfig, packed: dict) -> int:
+    """Block-wise weights (int4, or int8 for a tied LM head): MatMulNBits."""
+    n, k = rows.shape
+    data_name, scales_name, _, block = _pack(graph, node.input[1], rows, config, packed)
+    bias = _bias(node)
     out = node.output[0]
     product = f"{out}.nobias" if bias else out
     new = [
@@ -125,7 +168,7 @@ def _replace_linear(graph, node, rows: np.ndarray, config: QuantConfig, packed: 
             K=k,
             N=n,
             bits=config.bits,
-            block_size=config.block_size,
+            block_size=block,
             accuracy_level=config.accuracy_level,
         )
     ]
@@ -142,40 +185,31 @@ def _quantize_embeddings(graph, inits: dict, config: QuantConfig, packed: dict) 
     for node in [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits]:
         table = inits[node.input[0]]
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-        whole = len(table.dims) == 2 and table.dims[1] % config.block_size == 0
+        width = table.dims[1] if len(table.dims) == 2 else 0
+        whole = width and width % _fitting_block(width, config.block_size) == 0
         if axis != 0 or not whole or table.data_type != onnx.TensorProto.FLOAT:
             continue
-        if node.input[0] not in packed:  # untied: pack the table itself, rows = vocabulary
-            rows = numpy_helper.to_array(table)
-            data, scales = pack_rows(rows, config.bits, config.block_size)
-            name = node.input[0]
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(data, f"{name}.q{config.bits}"),
-                    numpy_helper.from_array(scales, f"{name}.scales"),
-                ]
-            )
-            packed[name] = (f"{name}.q{config.bits}", f"{name}.scales", rows.shape[0])
-        data_name, scales_name, rows_count = packed[node.input[0]]
-        flat = f"{data_name}.2d"
-        if flat not in {t.name for t in graph.initializer}:
+        rows = numpy_helper.to_array(table) if node.input[0] not in packed else None
+        data_name, scales_name, rows_count, block = _pack(
+            graph, node.input[0], rows, config, packed
+        )
+        shape, data = f"{data_name}.2d_shape", f"{node.output[0]}.data"
+        if shape not in {t.name for t in graph.initializer}:
             graph.initializer.append(
-                numpy_helper.from_array(np.array([rows_count, -1], dtype=np.int64), f"{flat}.shape")
+                numpy_helper.from_array(np.array([rows_count, -1], dtype=np.int64), shape)
             )
         _swap(
             graph,
             node,
             [
-                helper.make_node(
-                    "Reshape", [data_name, f"{flat}.shape"], [f"{node.output[0]}.data"]
-                ),
+                helper.make_node("Reshape", [data_name, shape], [data]),  # [N, KB, blob] → 2-D
                 helper.make_node(
                     "GatherBlockQuantized",
-                    [f"{node.output[0]}.data", node.input[1], scales_name],
+                    [data, node.input[1], scales_name],
                     list(node.output),
                     domain=MS_DOMAIN,
                     bits=config.bits,
-                    block_size=config.block_size,
+                    block_size=block,
                     gather_axis=0,
                     quantize_axis=1,
                 ),

@@ -4,6 +4,7 @@ every kind become one line on stderr and a non-zero exit code, in one place (`_O
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,14 @@ class _OneLineErrors(TyperGroup):
             _fail("interrupted", 130)
         except BrokenPipeError:
             sys.exit(EXIT_ERROR)
+        except Exception as err:  # a bug: still one line, the traceback on request
+            if os.environ.get("ORTGEN_DEBUG"):
+                raise
+            _fail(
+                f"internal error ({type(err).__name__}: {err}); rerun with ORTGEN_DEBUG=1 for "
+                "the traceback and report it",
+                EXIT_ERROR,
+            )
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -76,8 +85,9 @@ def export(
         str, typer.Option(help="fp32, int8 or int4 (weight-only; int8 compute on CPU).")
     ] = "fp32",
     block_size: Annotated[
-        int, typer.Option(help="int8/int4: weights per quantization scale (power of two ≥ 16).")
-    ] = 32,
+        int | None,
+        typer.Option(help="Weights per scale, power of two ≥ 16 (int4: 32; int8 tied head: 128)."),
+    ] = None,
     accuracy_level: Annotated[
         int, typer.Option(help="int8/int4: MatMulNBits compute, 4 = int8 activations, 0 = fp32.")
     ] = 4,

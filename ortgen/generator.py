@@ -18,6 +18,8 @@ from ortgen.session import create_session
 from ortgen.stopping import Row
 from ortgen.tokenizer import Tokenizer
 
+_LAST_ONLY = np.array([1], dtype=np.int64)  # logits_to_keep: the last position
+
 
 class Generator:
     """Text generation from one exported model folder (GPT-2 or GPT-Neo), without torch."""
@@ -121,7 +123,7 @@ class Generator:
         positions = kv_cache.prefill_positions(mask)  # [B, T]
         past = kv_cache.empty_past(self.manifest, len(rows))  # 2L × [B, H, 0, D]
         for step in range(opts.max_new_tokens):
-            logits, past = self.forward(ids, mask, positions, past)  # [B, T, V]
+            logits, past = self.forward(ids, mask, positions, past, last_only=True)  # [B, 1, V]
             scores = self._process(logits[:, -1, :], rows, opts, eos, step)  # [B, V]
             next_ids = self._choose(scores, opts, rng)  # [B]
             for row, token in zip(rows, next_ids.tolist(), strict=True):
@@ -135,12 +137,20 @@ class Generator:
             positions = kv_cache.next_positions(mask)  # [B, 1]
 
     def forward(
-        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        positions: np.ndarray,
+        past: list[np.ndarray],
+        last_only: bool = False,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One graph run. ids, positions: [B, T]; mask: [B, P + T]; past: 2L × [B, H, P, D]
-        → logits [B, T, V], presents 2L × [B, H, P + T, D]."""
+        → logits [B, T, V] ([B, 1, V] with last_only, when the graph can), presents
+        2L × [B, H, P + T, D]."""
         names = self.manifest.tensors
         feeds = {names.input_ids: ids, names.attention_mask: mask, names.position_ids: positions}
+        if last_only and names.logits_to_keep:
+            feeds[names.logits_to_keep] = _LAST_ONLY
         feeds.update(zip(self._past_names, past, strict=True))
         logits, *present = self._session.run(self._outputs, feeds)
         return logits, present

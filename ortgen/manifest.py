@@ -24,6 +24,7 @@ class TensorNames:
     input_ids: str = "input_ids"  # [B, T] int64
     attention_mask: str = "attention_mask"  # [B, P + T] int64, 1 = attend
     position_ids: str = "position_ids"  # [B, T] int64
+    logits_to_keep: str | None = None  # [1] int64, optional: logits of the last N positions only
     past_key: str = "past_key_values.{i}.key"  # [B, H, P, D]
     past_value: str = "past_key_values.{i}.value"  # [B, H, P, D]
     logits: str = "logits"  # [B, T, V]

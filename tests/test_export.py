@@ -25,7 +25,8 @@ def test_folder_has_the_contract_files(arch, exported):
 def test_graph_uses_optimums_tensor_names(arch, exported):
     manifest = read_manifest(exported[arch])
     model = onnx.load(str(exported[arch] / "model.onnx"), load_external_data=False)
-    inputs = {i.name: i for i in model.graph.input}
+    defaults = {t.name for t in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in defaults}  # required ones
     outputs = [o.name for o in model.graph.output]
     expected_inputs = {"input_ids", "attention_mask", "position_ids"}
     for i in range(manifest.num_layers):
@@ -128,3 +129,27 @@ def test_unsupported_architecture_is_refused(tmp_path):
 def test_folder_without_config_is_refused(tmp_path):
     with pytest.raises(ExportError, match="no config.json"):
         export_model(str(tmp_path), tmp_path / "out")
+
+
+def test_logits_to_keep_is_optional_and_exact(arch, exported):
+    """Clients that don't know `logits_to_keep` (optimum's) get every position; ortgen asks for
+    the last one during the prefill and gets exactly that row."""
+    import onnxruntime as ort
+
+    from ortgen import kv_cache
+
+    manifest = read_manifest(exported[arch])
+    assert manifest.tensors.logits_to_keep == "logits_to_keep"
+    session = ort.InferenceSession(str(exported[arch] / "model.onnx"))
+    ids = np.arange(3, 20, dtype=np.int64)[None]  # [1, 17]
+    mask = np.ones_like(ids)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": kv_cache.prefill_positions(mask),
+    }
+    feeds.update(zip(kv_cache.past_names(manifest), kv_cache.empty_past(manifest, 1), strict=True))
+    full = session.run(["logits"], feeds)[0]
+    last = session.run(["logits"], {**feeds, "logits_to_keep": np.array([1])})[0]
+    assert full.shape == (1, 17, manifest.vocab_size) and last.shape == (1, 1, manifest.vocab_size)
+    np.testing.assert_allclose(last[0, 0], full[0, -1], rtol=1e-5, atol=1e-5)
