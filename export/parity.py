@@ -31,6 +31,7 @@ class Thresholds:
 
 THRESHOLDS = {
     "fp32": Thresholds(max_abs_diff=1e-4, top1=1.0, greedy=1.0, greedy_identical=True),
+    "fp16": Thresholds(max_abs_diff=None, top1=0.95, greedy=0.95, greedy_identical=False),
     "int8": Thresholds(max_abs_diff=None, top1=0.90, greedy=0.90, greedy_identical=False),
     "int4": Thresholds(max_abs_diff=None, top1=0.80, greedy=0.80, greedy_identical=False),
 }
@@ -93,7 +94,7 @@ def thresholds_for(precision: str, min_agreement: float | None = None) -> Thresh
     if min_agreement is None:
         return limits
     if precision == "fp32":
-        raise InvalidOptionError("--min-agreement applies to int8 / int4: fp32 must match exactly")
+        raise InvalidOptionError("--min-agreement applies to fp16 / int8 / int4, not fp32")
     if not 0.0 <= min_agreement <= 1.0:
         raise InvalidOptionError(f"--min-agreement must be in [0, 1], got {min_agreement}")
     return replace(limits, top1=min_agreement, greedy=min_agreement)

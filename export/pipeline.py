@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ortgen.errors import InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
-from ortgen_export import fusion, graph, parity, quantize
+from ortgen_export import fusion, graph, half, parity, quantize
 from ortgen_export.architectures import architecture_of
 from ortgen_export.folder import refuse_existing, staged_folder
 from ortgen_export.source import Checkpoint, load_checkpoint, load_config, locate
@@ -26,7 +26,7 @@ _BITS = {"int8": 8, "int4": 4}
 class ExportOptions:
     """What `ortgen export` builds."""
 
-    precision: str = "fp32"  # fp32, int8 or int4 (weight-only, int8 compute on CPU)
+    precision: str = "fp32"  # fp32, fp16 (for CUDA), int8 or int4 (int8 compute on CPU)
     block_size: int | None = None  # weights per scale along K: default 32 (int4), 128 (int8 head)
     accuracy_level: int = 4  # int8 / int4: MatMulNBits compute type (4: int8 activations)
     optimize: bool = True  # run operator fusion (SkipLayerNormalization, FastGelu, …)
@@ -126,6 +126,8 @@ def _optimize(model, options: ExportOptions, fields: dict, facts: dict):
         report = quantize.quantize(model, options.quant_config())
         quantize.require_complete(report, options.allow_partial)
         facts["quantization"] = dataclasses.asdict(report)
+    elif options.precision == "fp16":
+        model, facts["fp16_kept_fp32"] = half.convert(model)
     return model
 
 

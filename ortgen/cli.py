@@ -82,7 +82,7 @@ def export(
     ],
     output_dir: Annotated[Path, typer.Argument(help="Model folder to create.")],
     precision: Annotated[
-        str, typer.Option(help="fp32, int8 or int4 (weight-only; int8 compute on CPU).")
+        str, typer.Option(help="fp32, fp16 (CUDA), int8 or int4 (int8 compute on CPU).")
     ] = "fp32",
     block_size: Annotated[
         int | None,

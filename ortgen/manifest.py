@@ -13,7 +13,7 @@ from ortgen.errors import ModelFolderError
 
 MANIFEST_NAME = "ortgen.json"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 ARCHITECTURES = ("gpt2", "gpt_neo")
 
 
@@ -45,7 +45,7 @@ class Manifest:
     max_positions: int  # context limit: position ids must stay below it
     eos_token_id: int | None = None  # stops generation unless overridden
     bos_token_id: int | None = None  # informational; GPT-2-style prompts carry no BOS
-    precision: str = "fp32"  # weights: fp32, or int8 / int4 (weight-only, block-quantized)
+    precision: str = "fp32"  # fp32; fp16 (KV cache fp16 too); int8 / int4 (quantized weights)
     opset: int = 18  # ONNX opset of model.onnx
     model_file: str = "model.onnx"  # graph file inside the folder
     tensors: TensorNames = field(default_factory=TensorNames)  # graph I/O names
@@ -72,7 +72,7 @@ class Manifest:
     @property
     def kv_dtype(self) -> str:
         """numpy dtype name of the KV cache tensors."""
-        return "float32"  # every precision so far keeps activations and the cache in fp32
+        return "float16" if self.precision == "fp16" else "float32"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
