@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo-model
 
-.PHONY: install test demo lint format bench clean
+PEERS  := bench/.venv
+
+.PHONY: install test demo lint format bench bench-setup clean
 
 install: $(STAMP)
 
@@ -33,8 +35,16 @@ format: $(STAMP)
 	$(BIN)/ruff format ortgen export tests bench examples
 	$(BIN)/ruff check --fix ortgen export tests bench examples
 
+# The peers (transformers PyTorch, optimum, CTranslate2) live in their own environment, never in
+# the test install.
+bench-setup: $(STAMP)
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet torch==2.13.0
+	$(PEERS)/bin/pip install --quiet 'transformers>=4.45,<4.58' optimum-onnx onnxruntime ctranslate2
+
 bench: $(STAMP)
-	$(BIN)/python -m bench.generation --rounds 5
+	$(BIN)/python -m bench.run --rounds 5
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(DEMO)-checkpoint bench/work .pytest_cache
+	rm -rf $(VENV) $(PEERS) $(DEMO) $(DEMO)-checkpoint bench/work .pytest_cache

@@ -265,6 +265,37 @@ def evaluate(
     )
 
 
+@app.command()
+def bench(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `ortgen export`.")],
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 128,
+    new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Rows generated together.")] = 1,
+    rounds: Annotated[int, typer.Option(help="Measured runs (after one warm-up).")] = 3,
+    device: Device = "cpu",
+    threads: Threads = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Prefill and decode speed of a model folder, with per-token latency percentiles."""
+    import dataclasses
+
+    from ortgen.benchmark import measure
+    from ortgen.generator import Generator
+
+    generator = Generator.from_dir(model_dir, device=device, threads=threads)
+    speed = measure(generator, prompt_tokens, new_tokens, batch_size, rounds)
+    if as_json:
+        print(json.dumps({"precision": generator.manifest.precision, **dataclasses.asdict(speed)}))
+        return
+    latency = ", ".join(f"{k} {v:.1f} ms" for k, v in speed.token_latency_ms.items())
+    print(
+        f"{generator.manifest.architecture} {generator.manifest.precision}, batch {batch_size}: "
+        f"prefill {speed.prefill_tokens_per_s:.0f} tokens/s "
+        f"(first token {speed.time_to_first_token_ms:.0f} ms), "
+        f"decode {speed.decode_tokens_per_s:.1f} tokens/s (step {latency})"
+    )
+
+
 def read_prompts(path: Path) -> list[str]:
     """Plain lines, or JSONL objects with a "prompt" field (detected per line); blanks skipped."""
     try:

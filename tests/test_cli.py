@@ -223,3 +223,23 @@ def test_truncate_prompt_from_the_cli(exported):
         "generate", long_prompt, "-m", folder, "--max-new-tokens", "4", "--truncate-prompt", "left"
     )
     assert ok.exit_code == 0, ok.output
+
+
+def test_bench_command_reports_speed(exported):
+    result = run(
+        "bench",
+        str(exported["gpt_neo"]),
+        "--prompt-tokens",
+        "12",
+        "--new-tokens",
+        "6",
+        "--rounds",
+        "2",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["decode_tokens_per_s"] > 0 and record["prefill_tokens_per_s"] > 0
+    assert record["token_latency_ms"]["p50"] <= record["token_latency_ms"]["p99"]
+    too_long = run("bench", str(exported["gpt2"]), "--prompt-tokens", "500")
+    assert_one_line_error(too_long, 1, "context")
