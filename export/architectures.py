@@ -1,20 +1,39 @@
-"""Per-architecture facts of the export stage, in one table: GPT-2 and GPT-Neo differ here and
-nowhere else (the runtime drives both through the same graph interface)."""
+"""Per-architecture facts of the export stage, in one place: how to read GPT-2's and GPT-Neo's
+configs and weights. Everything downstream (graph builder, runtime) is architecture-neutral."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ortgen.errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
+class LayerWeights:
+    """One transformer block, normalised: matrices as [in, out] for `x @ W`."""
+
+    ln1: tuple[np.ndarray, np.ndarray]  # LayerNorm gamma, beta [D]
+    qkv: np.ndarray  # [D, 3D]: q | k | v
+    qkv_bias: np.ndarray | None  # [3D] (GPT-Neo has none)
+    proj: np.ndarray  # [D, D] attention output
+    proj_bias: np.ndarray  # [D]
+    ln2: tuple[np.ndarray, np.ndarray]
+    fc: np.ndarray  # [D, 4D]
+    fc_bias: np.ndarray
+    out: np.ndarray  # [4D, D]
+    out_bias: np.ndarray
+    window: int | None  # local attention window (GPT-Neo local layers), None = global
+
+
+@dataclass(frozen=True)
 class Architecture:
-    """How to read one family's transformers config."""
+    """How to read one family's transformers config and weights."""
 
     name: str  # manifest `architecture` value, equal to transformers' model_type
-    hub_ids: tuple[str, ...]  # released checkpoints known to export (others of the family work too)
+    hub_ids: tuple[str, ...]  # released checkpoints known to export (others of the family work)
 
     def local_window(self, config: Any) -> int | None:
         """Width of local attention layers, or None if every layer is global."""
@@ -37,10 +56,79 @@ class Architecture:
             "bos_token_id": config.bos_token_id,
         }
 
+    def attention_scale(self, config: Any) -> float:
+        raise NotImplementedError
+
+    def layer_window(self, config: Any, i: int) -> int | None:
+        """Local attention window of layer `i` (None: global)."""
+        return None
+
+    def layer(self, state: dict[str, np.ndarray], config: Any, i: int) -> LayerWeights:
+        raise NotImplementedError
+
+    def check_supported(self, config: Any) -> str | None:
+        """Why the graph builder cannot express this config (None: it can)."""
+        if getattr(config, "activation_function", "gelu_new") != "gelu_new":
+            return f"activation {config.activation_function!r}"
+        return None
+
+
+class GPT2(Architecture):
+    def attention_scale(self, config: Any) -> float:
+        head_dim = config.hidden_size // config.num_attention_heads
+        return head_dim**-0.5 if config.scale_attn_weights else 1.0
+
+    def layer(self, state: dict[str, np.ndarray], config: Any, i: int) -> LayerWeights:
+        p = f"transformer.h.{i}."
+        return LayerWeights(  # Conv1D weights are already [in, out]
+            ln1=(state[p + "ln_1.weight"], state[p + "ln_1.bias"]),
+            qkv=state[p + "attn.c_attn.weight"],
+            qkv_bias=state[p + "attn.c_attn.bias"],
+            proj=state[p + "attn.c_proj.weight"],
+            proj_bias=state[p + "attn.c_proj.bias"],
+            ln2=(state[p + "ln_2.weight"], state[p + "ln_2.bias"]),
+            fc=state[p + "mlp.c_fc.weight"],
+            fc_bias=state[p + "mlp.c_fc.bias"],
+            out=state[p + "mlp.c_proj.weight"],
+            out_bias=state[p + "mlp.c_proj.bias"],
+            window=None,
+        )
+
+    def check_supported(self, config: Any) -> str | None:
+        if config.scale_attn_by_inverse_layer_idx or config.reorder_and_upcast_attn:
+            return "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn"
+        return super().check_supported(config)
+
+
+class GPTNeo(Architecture):
+    def attention_scale(self, config: Any) -> float:
+        return 1.0  # GPT-Neo does not scale q·kᵀ by 1/√head_dim
+
+    def layer_window(self, config: Any, i: int) -> int | None:
+        return int(config.window_size) if config.attention_layers[i] == "local" else None
+
+    def layer(self, state: dict[str, np.ndarray], config: Any, i: int) -> LayerWeights:
+        p = f"transformer.h.{i}."
+        a = p + "attn.attention."
+        qkv = [state[a + f"{name}_proj.weight"].T for name in ("q", "k", "v")]  # Linear: [out, in]
+        return LayerWeights(
+            ln1=(state[p + "ln_1.weight"], state[p + "ln_1.bias"]),
+            qkv=np.concatenate(qkv, axis=1),
+            qkv_bias=None,
+            proj=state[a + "out_proj.weight"].T,
+            proj_bias=state[a + "out_proj.bias"],
+            ln2=(state[p + "ln_2.weight"], state[p + "ln_2.bias"]),
+            fc=state[p + "mlp.c_fc.weight"].T,
+            fc_bias=state[p + "mlp.c_fc.bias"],
+            out=state[p + "mlp.c_proj.weight"].T,
+            out_bias=state[p + "mlp.c_proj.bias"],
+            window=self.layer_window(config, i),
+        )
+
 
 ARCHITECTURES = {
-    "gpt2": Architecture("gpt2", ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")),
-    "gpt_neo": Architecture(
+    "gpt2": GPT2("gpt2", ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")),
+    "gpt_neo": GPTNeo(
         "gpt_neo",
         ("EleutherAI/gpt-neo-125M", "EleutherAI/gpt-neo-1.3B", "EleutherAI/gpt-neo-2.7B"),
     ),

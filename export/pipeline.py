@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ortgen.errors import InvalidOptionError
+from ortgen.errors import ExportError, InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
-from ortgen_export import fusion, graph, half, parity, quantize
+from ortgen_export import builder, fusion, graph, half, parity, quantize
 from ortgen_export.architectures import architecture_of
 from ortgen_export.folder import refuse_existing, staged_folder
 from ortgen_export.source import Checkpoint, load_checkpoint, load_config, locate
@@ -20,6 +20,7 @@ STAGES = ("load", "export", "optimize", "check", "write")
 StageCallback = Callable[[str], None]  # called with a stage name as it starts
 _PACKAGES = ("ortgen", "torch", "transformers", "optimum-onnx", "onnx", "onnxruntime")
 _BITS = {"int8": 8, "int4": 4}
+GRAPHS = ("built", "traced")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ExportOptions:
     optimize: bool = True  # run operator fusion (SkipLayerNormalization, FastGelu, …)
     allow_partial: bool = False  # accept a quantized model with some linear layers left float
     min_agreement: float | None = None  # int8 / int4: replaces the top-1 / greedy thresholds
+    graph: str = "built"  # "built": written with contrib ops (fast); "traced": optimum's tracer
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -41,6 +43,10 @@ class ExportOptions:
         if self.precision in _BITS:
             self.quant_config()  # validates block size and accuracy level
         self.thresholds()  # validates min_agreement
+        if self.graph not in GRAPHS:
+            raise InvalidOptionError(
+                f"--graph must be one of {', '.join(GRAPHS)}, got {self.graph!r}"
+            )
 
     def thresholds(self) -> parity.Thresholds:
         return parity.thresholds_for(self.precision, self.min_agreement)
@@ -78,8 +84,9 @@ def _export(
 
     with staged_folder(output, force) as staging:
         stage("export")
-        model = graph.trace(checkpoint.model)
+        model = _graph(checkpoint, arch, options.graph)
         facts = {
+            "graph": options.graph,
             "logits_to_keep_input": graph.keep_last_logits(model),
             "tied_weights_stored_once": graph.store_tied_weights_once(model),
         }
@@ -115,6 +122,18 @@ def _export(
         manifest = dataclasses.replace(manifest, parity=parity.report_dict(report))
         _write_manifest(manifest, staging)
     return manifest
+
+
+def _graph(checkpoint: Checkpoint, arch, kind: str):
+    if kind == "traced":
+        return graph.trace(checkpoint.model)
+    reason = arch.check_supported(checkpoint.config)
+    if reason:
+        raise ExportError(
+            f"the graph builder does not support {reason} in {checkpoint.source}: "
+            "export with --graph traced"
+        )
+    return builder.build(checkpoint.model, arch, checkpoint.config)
 
 
 def _optimize(model, options: ExportOptions, fields: dict, facts: dict):

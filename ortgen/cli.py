@@ -101,6 +101,9 @@ def export(
         float | None,
         typer.Option(help="int8/int4: top-1 agreement required (default 0.90 / 0.80)."),
     ] = None,
+    graph: Annotated[
+        str, typer.Option(help="built (contrib ops, fast) or traced (optimum's exporter).")
+    ] = "built",
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUTPUT_DIR if it exists.")
     ] = False,
@@ -116,7 +119,7 @@ def export(
     from ortgen.progress import StageProgress
 
     options = ExportOptions(
-        precision, block_size, accuracy_level, optimize, allow_partial, min_agreement
+        precision, block_size, accuracy_level, optimize, allow_partial, min_agreement, graph
     )
     with StageProgress() as progress:
         manifest = export_model(source, output_dir, options, force, on_stage=progress.start)

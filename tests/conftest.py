@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checkpoints import build_checkpoint  # noqa: E402
 
 ARCHS = ("gpt2", "gpt_neo")
+GRAPHS = ("built", "traced")  # every graph kind the export can produce
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +22,23 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def exported(checkpoints, tmp_path_factory) -> dict[str, Path]:
-    from ortgen_export import export_model
+def exported_graphs(checkpoints, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """fp32 exports of each architecture in each graph kind."""
+    from ortgen_export import ExportOptions, export_model
 
     root = tmp_path_factory.mktemp("exported")
+    folders = {}
     for arch, checkpoint in checkpoints.items():
-        export_model(str(checkpoint), root / arch)
-    return {arch: root / arch for arch in ARCHS}
+        for kind in GRAPHS:
+            folders[arch, kind] = root / f"{arch}-{kind}"
+            export_model(str(checkpoint), folders[arch, kind], ExportOptions(graph=kind))
+    return folders
+
+
+@pytest.fixture(scope="session")
+def exported(exported_graphs) -> dict[str, Path]:
+    """The default export (built graph) of each architecture."""
+    return {arch: exported_graphs[arch, "built"] for arch in ARCHS}
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +55,22 @@ def references(checkpoints):
 
 
 @pytest.fixture(scope="session")
-def generators(exported):
+def graph_generators(exported_graphs):
     from ortgen import Generator
 
-    return {arch: Generator.from_dir(folder, threads=1) for arch, folder in exported.items()}
+    return {key: Generator.from_dir(folder, threads=1) for key, folder in exported_graphs.items()}
+
+
+@pytest.fixture(scope="session")
+def generators(graph_generators):
+    return {arch: graph_generators[arch, "built"] for arch in ARCHS}
 
 
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=GRAPHS)
+def graph(request) -> str:
     return request.param

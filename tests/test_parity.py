@@ -59,16 +59,18 @@ def test_logits_match_transformers_prefill_and_cached_steps(arch, length, genera
 
 
 @pytest.mark.parametrize("length", [SHORT, LONG])
-def test_compare_generation_to_transformers(arch, length, generators, references):
-    generator = generators[arch]
+def test_compare_generation_to_transformers(arch, graph, length, graph_generators, references):
+    generator = graph_generators[arch, graph]
     ids = prompt(length, seed=100 + length)
     expected = reference_greedy(references[arch], [ids], 32, generator.pad_id)[0]
     got = generator.generate_ids(ids, max_new_tokens=32, do_sample=False, ignore_eos=True)
     assert got == expected
 
 
-def test_left_padded_batch_equals_transformers_and_one_by_one(arch, generators, references):
-    generator = generators[arch]
+def test_left_padded_batch_equals_transformers_and_one_by_one(
+    arch, graph, graph_generators, references
+):
+    generator = graph_generators[arch, graph]
     prompts = [prompt(n, seed=n) for n in (SHORT, LONG, WINDOW + 1, 2)]
     options = dict(max_new_tokens=20, do_sample=False, ignore_eos=True)
     batch = generator.generate_ids(prompts, **options)
