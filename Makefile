@@ -45,6 +45,7 @@ bench-setup: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --rounds 5
+	$(BIN)/python -m bench.batching --rounds 5
 
 clean:
 	rm -rf $(VENV) $(PEERS) $(DEMO) $(DEMO)-checkpoint bench/work .pytest_cache

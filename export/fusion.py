@@ -9,7 +9,13 @@ import logging
 
 import onnx
 
-_SHAPE_LOGGERS = ("onnxruntime.tools.symbolic_shape_infer", "symbolic_shape_infer")
+# Its shape inference warns on every symbolic dim it cannot compare (under two module names), and
+# it warns that the built graph's producer is not "pytorch": developer chatter, not user news.
+_QUIET_LOGGERS = (
+    "onnxruntime.tools.symbolic_shape_infer",
+    "symbolic_shape_infer",
+    "onnxruntime.transformers.optimizer",
+)
 
 
 def fuse(model: onnx.ModelProto, num_heads: int, hidden_size: int) -> tuple[onnx.ModelProto, dict]:
@@ -17,8 +23,7 @@ def fuse(model: onnx.ModelProto, num_heads: int, hidden_size: int) -> tuple[onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    # Its shape inference warns on every symbolic dim it cannot compare, under two module names.
-    loggers = [logging.getLogger(n) for n in _SHAPE_LOGGERS]
+    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
     with contextlib.ExitStack() as stack:
         for shape_logger in loggers:
             shape_logger.disabled = True

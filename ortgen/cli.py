@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from ortgen.errors import ExportError, InvalidOptionError, OrtgenError
+from ortgen.prompts import read_prompts
 
 EXIT_ERROR = 1  # the request could not be carried out
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -297,28 +298,6 @@ def bench(
         f"(first token {speed.time_to_first_token_ms:.0f} ms), "
         f"decode {speed.decode_tokens_per_s:.1f} tokens/s (step {latency})"
     )
-
-
-def read_prompts(path: Path) -> list[str]:
-    """Plain lines, or JSONL objects with a "prompt" field (detected per line); blanks skipped."""
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as err:
-        raise InvalidOptionError(f"cannot read --prompts-file {path}: {err.strerror}") from None
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.lstrip().startswith("{"):
-            prompts.append(line)
-            continue
-        try:
-            prompts.append(str(json.loads(line)["prompt"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise InvalidOptionError(
-                f'{path}:{number}: a JSON line needs a "prompt" field, e.g. {{"prompt": "Hi"}}'
-            ) from None
-    if not prompts:
-        raise InvalidOptionError(f"--prompts-file {path} holds no prompts")
-    return prompts
 
 
 def print_jsonl(prompts: list[str], results: list) -> None:

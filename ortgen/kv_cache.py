@@ -10,21 +10,16 @@ from ortgen.manifest import Manifest
 
 def past_names(manifest: Manifest) -> list[str]:
     """Graph input names of the cache, in the order `present_names` returns outputs."""
-    names = manifest.tensors
-    return [
-        name.format(i=i)
-        for i in range(manifest.num_layers)
-        for name in (names.past_key, names.past_value)
-    ]
+    return _per_layer(manifest, manifest.tensors.past_key, manifest.tensors.past_value)
 
 
 def present_names(manifest: Manifest) -> list[str]:
-    names = manifest.tensors
-    return [
-        name.format(i=i)
-        for i in range(manifest.num_layers)
-        for name in (names.present_key, names.present_value)
-    ]
+    return _per_layer(manifest, manifest.tensors.present_key, manifest.tensors.present_value)
+
+
+def _per_layer(manifest: Manifest, key: str, value: str) -> list[str]:
+    """[key 0, value 0, key 1, value 1, …] from `{i}` name templates."""
+    return [name.format(i=i) for i in range(manifest.num_layers) for name in (key, value)]
 
 
 def empty_past(manifest: Manifest, batch: int) -> list[np.ndarray]:
