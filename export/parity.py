@@ -17,6 +17,15 @@ from ortgen import Generator, kv_cache
 from ortgen.errors import InvalidOptionError, ParityError
 
 GREEDY_TOKENS = 32  # reference greedy continuation: cached steps checked, tokens compared
+# Plain argmax whatever the folder's generation_config.json says (penalties, sampling).
+PURE_GREEDY = dict(
+    max_new_tokens=GREEDY_TOKENS,
+    do_sample=False,
+    ignore_eos=True,
+    min_new_tokens=0,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+)
 
 
 @dataclass(frozen=True)
@@ -152,28 +161,28 @@ def _failures(report: ParityReport, limits: Thresholds) -> list[str]:
 
 
 @torch.inference_mode()
-def _reference(model: Any, ids: list[int], pad_id: int) -> tuple[list[int], np.ndarray]:
-    """transformers' greedy continuation and its logits at every position. → ids, [T + G, V]."""
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=pad_id
-    )
-    prompt = torch.tensor([ids])
-    mask = torch.ones_like(prompt)
-    greedy = model.generate(prompt, attention_mask=mask, generation_config=config)[0, len(ids) :]
-    full = torch.cat([prompt[0], greedy])[None]  # [1, T + G]
-    return greedy.tolist(), model(full).logits[0].float().numpy()
+def _reference(model: Any, ids: list[int]) -> tuple[list[int], np.ndarray]:
+    """transformers' pure greedy continuation (argmax, no processors: `generate` would merge in
+    the checkpoint's generation_config) and its logits at every position. → ids, [T + G, V]."""
+    out = model(torch.tensor([ids]), use_cache=True)
+    greedy = []
+    for _ in range(GREEDY_TOKENS):
+        greedy.append(int(out.logits[0, -1].argmax()))
+        out = model(
+            torch.tensor([[greedy[-1]]]), past_key_values=out.past_key_values, use_cache=True
+        )
+    full = torch.tensor([ids + greedy])  # [1, T + G]
+    return greedy, model(full).logits[0].float().numpy()
 
 
 def _check_prompt(model: Any, generator: Generator, ids: list[int]) -> PromptReport:
-    greedy, reference = _reference(model, ids, generator.pad_id)
+    greedy, reference = _reference(model, ids)
     logits = _onnx_along(generator, ids, greedy)  # [T + G, V]
     diff = np.abs(logits - reference)
     t = len(ids)
     agree = logits.argmax(-1) == reference.argmax(-1)  # [T + G]
     steps = diff[t:].max(-1)  # [G]
-    tokens = generator.generate_ids(ids, max_new_tokens=GREEDY_TOKENS, ignore_eos=True)
+    tokens = generator.generate_ids(ids, **PURE_GREEDY)
     return PromptReport(
         tokens=t,
         prefill_max_abs_diff=float(diff[:t].max()),
