@@ -69,7 +69,10 @@ app = typer.Typer(
 )
 
 ModelDir = Annotated[
-    Path | None, typer.Option("--model", "-m", help="Model folder written by `ortgen export`.")
+    Path | None,
+    typer.Option(
+        "--model", "-m", help="Model folder written by `ortgen export` (default: bundled)."
+    ),
 ]
 Device = Annotated[str, typer.Option(help="Execution provider: cpu or cuda.")]
 Threads = Annotated[int | None, typer.Option(help="Intra-op threads (default: ONNX Runtime's).")]
@@ -139,7 +142,7 @@ def generate(
     prompt: Annotated[
         str | None, typer.Argument(help="Prompt text, or - to read it from stdin.")
     ] = None,
-    model: ModelDir = None,  # type: ignore[assignment]  (required: checked below)
+    model: ModelDir = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most.")] = None,
     min_new_tokens: Annotated[
         int | None, typer.Option(help="Forbid EOS before this many tokens.")
@@ -188,8 +191,6 @@ def generate(
     """Continue PROMPT with the model, streaming the text to stdout as it is produced."""
     from ortgen.generator import Generator
 
-    if model is None:
-        raise typer.BadParameter("--model is required: the folder written by `ortgen export`")
     if (prompt is None) == (prompts_file is None):
         raise typer.BadParameter("give either PROMPT or --prompts-file FILE (one of them)")
     if batch_size < 1:

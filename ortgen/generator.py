@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ortgen import kv_cache, processors
-from ortgen.errors import ContextLengthError, InvalidOptionError
+from ortgen.errors import ContextLengthError, InvalidOptionError, ModelFolderError
 from ortgen.manifest import Manifest, read_manifest
 from ortgen.options import GenerationOptions, defaults_from_folder
 from ortgen.sampling import greedy, logits_to_probs, sample
@@ -19,6 +19,15 @@ from ortgen.stopping import Row
 from ortgen.tokenizer import Tokenizer
 
 _LAST_ONLY = np.array([1], dtype=np.int64)  # logits_to_keep: the last position
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default"  # small int8 GPT-2, see README
+
+
+def default_model() -> Path:
+    if not (DEFAULT_MODEL / "ortgen.json").is_file():
+        raise ModelFolderError(
+            "this installation has no bundled default model: pass --model / a model folder"
+        )
+    return DEFAULT_MODEL
 
 
 class Generator:
@@ -42,10 +51,11 @@ class Generator:
 
     @classmethod
     def from_dir(
-        cls, path: str | Path, device: str = "cpu", threads: int | None = None
+        cls, path: str | Path | None = None, device: str = "cpu", threads: int | None = None
     ) -> Generator:
-        """Load `path` (written by `ortgen export`) on `device` ("cpu" or "cuda")."""
-        folder = Path(path)
+        """Load `path` (written by `ortgen export`; default: the bundled model) on `device`
+        ("cpu" or "cuda")."""
+        folder = Path(path) if path is not None else default_model()
         manifest = read_manifest(folder)
         session = create_session(folder / manifest.model_file, device=device, threads=threads)
         return cls(manifest, session, Tokenizer.from_dir(folder), defaults_from_folder(folder))

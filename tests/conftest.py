@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # checkpoints.py
+sys.path.insert(0, str(Path(__file__).parent.parent))  # training/, bench/
 
 from checkpoints import build_checkpoint  # noqa: E402
 

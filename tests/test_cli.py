@@ -64,7 +64,6 @@ def test_generate_reads_the_prompt_from_stdin(exported):
         (["generate", "hi", "-m", "{gpt2}", "--threads", "0"], 1, "threads"),
         (["generate", "hi", "-m", "{gpt2}", "--device", "tpu"], 1, "unknown device"),
         (["generate", "hi", "-m", "{gpt2}", "--bogus"], 2, "No such option"),
-        (["generate", "hi"], 2, "--model"),
         (["export", "{tmp}/nowhere", "{tmp}/out"], 1, "does not exist"),
         (["export", "{gpt2_ckpt}", "{gpt2}"], 1, "--force"),
         (["export", "{gpt2_ckpt}", "{tmp}/out", "--precision", "int3"], 1, "precision"),
