@@ -1,10 +1,12 @@
-"""Tiny random GPT-2 and GPT-Neo checkpoints with a locally trained byte-level BPE tokenizer, for
-tests that must not reach the hub. GPT-Neo gets global and local layers with a window shorter than
-the test sequences."""
+"""Tiny GPT-2 and GPT-Neo checkpoints, fitted for a few seconds to template text with the training
+code of the default model, and a byte-level BPE tokenizer trained locally — for tests that must not
+reach the hub. GPT-Neo gets global and local layers with a window shorter than the test sequences."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import training.train
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -14,7 +16,7 @@ CORPUS = [
     "Caf\u00e9, na\u00efve, \u00fcber: accents,",
     "and emoji \U0001f600 \U0001f680 and \u65e5\u672c\u8a9e.",
 ] * 20
-EOS = "<|endoftext|>"
+EOS = training.train.EOS
 WINDOW = 8  # GPT-Neo local window: shorter than the test prompts
 TRAIN_STEPS = 150  # a short fit to CORPUS: peaked, structured predictions like a real model's
 
@@ -35,19 +37,7 @@ def training_text(sentences: int = 400, seed: int = 0) -> str:
 
 
 def train_tokenizer(vocab_size: int = 400):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS + [training_text()], trainer)
-    return tokenizer
+    return training.train.train_tokenizer(CORPUS + [training_text()], vocab_size)
 
 
 def build_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
@@ -79,27 +69,11 @@ def build_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
             **common,
         )
         model = GPTNeoForCausalLM(config)
-    fit(model, tokenizer.encode(training_text()).ids, TRAIN_STEPS)
+    training.train.fit(
+        model, tokenizer.encode(training_text()).ids, TRAIN_STEPS, batch=16, length=48, lr=3e-3
+    )
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS
     ).save_pretrained(folder)
     return folder
-
-
-def fit(model, ids: list[int], steps: int, length: int = 48, batch: int = 16) -> None:
-    """A few hundred AdamW steps of next-token prediction on `ids` (CPU, seconds)."""
-    import torch
-
-    data = torch.tensor(ids)
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - length - 1, (batch,), generator=generator)
-        inputs = torch.stack([data[s : s + length] for s in starts])
-        loss = model(inputs, labels=inputs).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()

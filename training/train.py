@@ -19,19 +19,20 @@ WINDOW = 64  # GPT-Neo local layers
 SIZES = dict(layers=4, heads=4, width=256)
 
 
-def train_tokenizer(text: str):
+def train_tokenizer(documents: list[str], vocab_size: int = VOCAB):
+    """Byte-level BPE (GPT-2's scheme) with EOS as its one special token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         special_tokens=[EOS],
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(text.split("\n\n"), trainer)
+    tokenizer.train_from_iterator(documents, trainer)
     return tokenizer
 
 
@@ -90,6 +91,31 @@ def perplexity(model, ids: list[int], window: int = CONTEXT, stride: int = CONTE
             scored, end = end, min(end + stride, len(ids))
 
 
+def fit(model, data, steps: int, batch: int, length: int, lr: float, seed: int = 0) -> None:
+    """AdamW next-token training on random windows of `data` (1-D ids), linear warmup then cosine
+    decay, gradients clipped at 1; leaves the model in eval mode."""
+    import torch
+
+    data = torch.as_tensor(data)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    order = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - length - 1, (batch,), generator=order)
+        inputs = torch.stack([data[s : s + length] for s in starts])
+        loss = model(inputs, labels=inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    model.eval()
+
+
 def train(
     arch: str,
     out: Path,
@@ -108,28 +134,12 @@ def train(
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     train_text, held_text = text or split()
-    tokenizer = train_tokenizer(train_text)
+    tokenizer = train_tokenizer(train_text.split("\n\n"))
     data = torch.tensor(encode(tokenizer, train_text))
     held = encode(tokenizer, held_text)
     model = build_model(arch, tokenizer.token_to_id(EOS), sizes or SIZES)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
-    order = torch.Generator().manual_seed(seed)
     started = time.time()
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - length - 1, (batch,), generator=order)
-        inputs = torch.stack([data[s : s + length] for s in starts])
-        loss = model(inputs, labels=inputs).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-    model.eval()
+    fit(model, data, steps, batch, length, lr=2e-3, seed=seed)
     minutes = (time.time() - started) / 60
     report = {
         "arch": arch,
