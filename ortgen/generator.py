@@ -175,6 +175,8 @@ class Generator:
             return scores
         scores = scores.copy()
         for row, row_scores in zip(rows, scores, strict=True):
+            if row.done:  # its output is closed: whatever it picks is discarded
+                continue
             processors.repetition_penalty(row_scores, row.history, opts.repetition_penalty)
             processors.no_repeat_ngram(row_scores, row.history, opts.no_repeat_ngram_size)
             if step < opts.min_new_tokens:

@@ -44,17 +44,18 @@ class TextStream:
         self._ids: list[int] = []
         self._prefix = 0  # window start: a clean character boundary
         self._read = 0  # ids up to here have been emitted as text
+        self._before = ""  # decode(ids[prefix:read]), kept so each push decodes once
         self._emitted: list[str] = []
 
     def push(self, token_id: int) -> str:
         """Add one id; return the newly decided text (possibly empty)."""
         self._ids.append(token_id)
-        before = self._tokenizer.decode(self._ids[self._prefix : self._read])
         window = self._tokenizer.decode(self._ids[self._prefix :])
-        if len(window) <= len(before) or window.endswith(_REPLACEMENT):
+        if len(window) <= len(self._before) or window.endswith(_REPLACEMENT):
             return ""
-        piece = window[len(before) :]
-        self._prefix, self._read = self._read, len(self._ids)
+        piece = window[len(self._before) :]
+        # The new window starts where this piece starts, at a clean character boundary.
+        self._prefix, self._read, self._before = self._read, len(self._ids), piece
         self._emitted.append(piece)
         return piece
 
