@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ortgen.errors import ExportError
+from ortgen.errors import ExportError, first_line
 
 OPSET = 18
 _TWO_GB = 2**31
@@ -37,8 +37,7 @@ def trace(model: Any) -> onnx.ModelProto:
                 do_validation=False,  # ortgen's own parity check follows, against transformers
             )
         except Exception as err:  # the tracer raises anything; keep one readable line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ExportError(f"ONNX export failed: {first}") from None
+            raise ExportError(f"ONNX export failed: {first_line(err)}") from None
         return onnx.load(str(Path(work) / "model.onnx"))
 
 

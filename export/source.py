@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ortgen.errors import ExportError
+from ortgen.errors import ExportError, first_line
 
 # Files an export needs from a hub repository: weights, configs, tokenizer.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
@@ -60,10 +60,9 @@ def _download(repo_id: str) -> Path:
             "check the network, or pass a local checkpoint folder"
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(
-            f"cannot fetch {repo_id!r} from the Hugging Face hub ({reason}): check the name and "
-            "the network, or pass a local checkpoint folder"
+            f"cannot fetch {repo_id!r} from the Hugging Face hub ({first_line(err)}): "
+            "check the name and the network, or pass a local checkpoint folder"
         ) from None
 
 
@@ -87,8 +86,7 @@ def load_checkpoint(source: str, path: Path, config: Any) -> Checkpoint:
         )
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise ExportError(f"cannot load {source}: {first}") from None
+        raise ExportError(f"cannot load {source}: {first_line(err)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{source} has no fast tokenizer: add a tokenizer.json to the folder")
     return Checkpoint(source, path, config, model.eval(), tokenizer)

@@ -34,3 +34,16 @@ class ExportError(OrtgenError):
 
 class ParityError(ExportError):
     """The exported model does not match transformers within tolerance."""
+
+
+class InputError(OrtgenError):
+    """A prompt or prompts file cannot be used as given (bad bytes, wrong JSON types)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none
+    (third-party errors often carry multi-line messages or none at all)."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(err).__name__

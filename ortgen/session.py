@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ortgen.errors import DeviceError, ModelFolderError, OrtgenError
+from ortgen.errors import (
+    DeviceError,
+    InvalidOptionError,
+    ModelFolderError,
+    OrtgenError,
+    first_line,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -14,6 +21,11 @@ DEVICES = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+THREADS_PER_CORE = 4  # beyond this many threads per core ORT only slows down (or fails to start)
+
+
+def max_threads() -> int:
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
 
 
 def import_onnxruntime():
@@ -33,8 +45,11 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
     if threads is not None:
-        if threads < 1:
-            raise DeviceError(f"threads must be ≥ 1, got {threads}")
+        if not 1 <= threads <= max_threads():
+            raise InvalidOptionError(
+                f"threads must be between 1 and {max_threads()} ({THREADS_PER_CORE} × the "
+                f"{os.cpu_count()} CPU cores), got {threads}"
+            )
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
@@ -44,7 +59,7 @@ def create_session(model_path: Path, device: str = "cpu", threads: int | None = 
     """An InferenceSession on `device`, verified to really run there (ORT silently falls back)."""
     ort = import_onnxruntime()
     if device not in DEVICES:
-        raise DeviceError(f"unknown device {device!r}: choose one of {sorted(DEVICES)}")
+        raise InvalidOptionError(f"unknown device {device!r}: choose one of {sorted(DEVICES)}")
     wanted = DEVICES[device][0]
     if wanted not in ort.get_available_providers():
         raise DeviceError(
@@ -61,8 +76,9 @@ def create_session(model_path: Path, device: str = "cpu", threads: int | None = 
     try:
         session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
     except Exception as err:  # ORT raises its own untyped errors for unreadable graphs
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelFolderError(f"cannot load {model_path}: {first_line}; re-export it") from None
+        raise ModelFolderError(
+            f"cannot load {model_path}: {first_line(err)}; re-export it"
+        ) from None
     if session.get_providers()[0] != wanted:
         raise DeviceError(
             f"onnxruntime fell back from {wanted} to {session.get_providers()[0]}: check the CUDA "
