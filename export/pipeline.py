@@ -13,7 +13,12 @@ from ortgen.errors import ExportError, InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
 from ortgen_export import builder, fusion, graph, half, parity, quantize
 from ortgen_export.architectures import architecture_of
-from ortgen_export.folder import refuse_existing, staged_folder
+from ortgen_export.folder import (
+    export_lock,
+    interrupt_on_signals,
+    refuse_existing,
+    staged_folder,
+)
 from ortgen_export.source import Checkpoint, load_checkpoint, load_config, locate
 
 STAGES = ("load", "export", "optimize", "check", "write")
@@ -67,8 +72,9 @@ def export_model(
     """Export `source` (hub id or checkpoint folder) to the model folder `output_dir`."""
     options = options or ExportOptions()
     output = Path(output_dir).expanduser().absolute()
-    refuse_existing(output, force)  # before any slow work
-    with graph.quiet():
+    local = Path(source).expanduser()
+    refuse_existing(output, force, local if local.exists() else None)  # before any slow work
+    with export_lock(output), interrupt_on_signals(), graph.quiet():
         return _export(source, output, options, force, on_stage or (lambda name: None))
 
 

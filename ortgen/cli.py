@@ -47,6 +47,8 @@ class _OneLineErrors(TyperGroup):
                 "the traceback and report it",
                 EXIT_ERROR,
             )
+        if code == 130:  # typer turns KeyboardInterrupt (Ctrl-C, SIGTERM in export) into 130
+            _fail("interrupted", 130)
         sys.exit(code if isinstance(code, int) else 0)
 
 
