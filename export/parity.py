@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ortgen import Generator, kv_cache
+from ortgen import Generator
+from ortgen.decode_state import DecodeState
 from ortgen.errors import InvalidOptionError, ParityError
 
 GREEDY_TOKENS = 32  # reference greedy continuation: cached steps checked, tokens compared
@@ -58,6 +59,7 @@ _LONG_TEXT = (
 
 @dataclass
 class PromptReport:
+    graph: str  # "portable" (model.onnx) or "inplace" (the runtime's KV graph)
     tokens: int  # prompt length
     prefill_max_abs_diff: float  # over all prompt positions
     step_max_abs_diff: list[float]  # one per cached step along the greedy path
@@ -113,10 +115,13 @@ def check_parity(
     model: Any, folder: Path, prompts: list[list[int]], precision: str, limits: Thresholds
 ) -> ParityReport:
     """Compare the folder with `model`; raise ParityError when a threshold is crossed."""
-    generator = Generator.from_dir(folder)
     report = ParityReport(precision=precision, thresholds=asdict(limits))
-    report.prompts = [_check_prompt(model, generator, ids) for ids in prompts]
-    report.batch_max_abs_diff = _batch_diff(model, generator, prompts)
+    for graph in _graphs(folder):  # what other clients load, and what ortgen runs
+        generator = Generator.from_dir(folder, graph=graph)
+        report.prompts += [_check_prompt(model, generator, ids, graph) for ids in prompts]
+        report.batch_max_abs_diff = max(
+            report.batch_max_abs_diff, _batch_diff(model, generator, prompts)
+        )
     _summarise(report)
     report.failures = _failures(report, limits)
     if report.failures:
@@ -126,6 +131,12 @@ def check_parity(
             + ("; try a larger --block-size or int8" if precision == "int4" else "")
         )
     return report
+
+
+def _graphs(folder: Path) -> list[str]:
+    from ortgen.manifest import read_manifest
+
+    return ["portable", "inplace"] if read_manifest(folder).inplace else ["portable"]
 
 
 def report_dict(report: ParityReport) -> dict[str, Any]:
@@ -175,7 +186,7 @@ def _reference(model: Any, ids: list[int]) -> tuple[list[int], np.ndarray]:
     return greedy, model(full).logits[0].float().numpy()
 
 
-def _check_prompt(model: Any, generator: Generator, ids: list[int]) -> PromptReport:
+def _check_prompt(model: Any, generator: Generator, ids: list[int], graph: str) -> PromptReport:
     greedy, reference = _reference(model, ids)
     logits = _onnx_along(generator, ids, greedy)  # [T + G, V]
     diff = np.abs(logits - reference)
@@ -184,6 +195,7 @@ def _check_prompt(model: Any, generator: Generator, ids: list[int]) -> PromptRep
     steps = diff[t:].max(-1)  # [G]
     tokens = generator.generate_ids(ids, **PURE_GREEDY)
     return PromptReport(
+        graph=graph,
         tokens=t,
         prefill_max_abs_diff=float(diff[:t].max()),
         step_max_abs_diff=[float(x) for x in steps],
@@ -197,26 +209,22 @@ def _check_prompt(model: Any, generator: Generator, ids: list[int]) -> PromptRep
 
 def _onnx_along(generator: Generator, ids: list[int], greedy: list[int]) -> np.ndarray:
     """Prefill `ids`, then one cached step per reference greedy token. → logits [T + G, V]."""
-    input_ids = np.asarray([ids], dtype=np.int64)  # [1, T]
-    mask = np.ones_like(input_ids)
-    past = kv_cache.empty_past(generator.manifest, 1)
-    logits, past = generator.forward(input_ids, mask, kv_cache.prefill_positions(mask), past)
-    rows = [logits[0]]
-    for token in greedy:
-        mask = kv_cache.extend_mask(mask)
-        step = np.asarray([[token]], dtype=np.int64)
-        logits, past = generator.forward(step, mask, kv_cache.next_positions(mask), past)
-        rows.append(logits[0])
+    state = DecodeState.for_model(generator.model)
+    rows = [state.prefill([ids], all_logits=True)[0]]  # [T, V]
+    rows += [state.step(np.asarray([token])) for token in greedy]  # G × [1, V]
     return np.concatenate(rows).astype(np.float32)
 
 
 @torch.inference_mode()
 def _batch_diff(model: Any, generator: Generator, prompts: list[list[int]]) -> float:
-    """Left-padded prefill of all prompts together, compared where the mask is 1."""
-    ids, mask = kv_cache.left_pad(prompts, generator.pad_id)  # [B, T]
-    positions = kv_cache.prefill_positions(mask)
-    past = kv_cache.empty_past(generator.manifest, len(prompts))
-    onnx_logits, _ = generator.forward(ids, mask, positions, past)
+    """All prompts prefilled as one batch (left-padded for transformers and the portable graph),
+    compared at real positions."""
+    width = max(map(len, prompts))
+    mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # [B, T]
+    ids = np.asarray([[generator.pad_id] * (width - len(p)) + p for p in prompts])
+    positions = np.where(mask == 0, 1, np.cumsum(mask, axis=-1) - 1)
+    state = DecodeState.for_model(generator.model)
+    onnx_logits = state.prefill(prompts, all_logits=True)  # [B, T, V]
     ref = model(
         torch.from_numpy(ids),
         attention_mask=torch.from_numpy(mask),

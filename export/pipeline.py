@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ortgen.errors import ExportError, InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
-from ortgen_export import builder, fusion, graph, half, parity, quantize
+from ortgen_export import builder, fusion, graph, half, inplace, parity, quantize
 from ortgen_export.architectures import architecture_of
 from ortgen_export.folder import (
     export_lock,
@@ -101,6 +101,11 @@ def _export(
         model = _optimize(model, options, fields, facts)
         facts["node_counts"] = graph.node_counts(model)
         facts["files"] = graph.save(model, staging)
+        # The runtime's fast graph: built graphs on CPU precisions (fp16 folders are for CUDA).
+        in_place = {}
+        if options.graph == "built" and options.precision != "fp16":
+            in_place = inplace.write(staging)
+            facts["files"].append(in_place["file"])
         _copy_side_files(checkpoint, staging)
         tensors = TensorNames(
             logits_to_keep=graph.LOGITS_TO_KEEP if facts["logits_to_keep_input"] else None
@@ -113,6 +118,7 @@ def _export(
             source=source,
             versions=_versions(),
             export=facts,
+            inplace=in_place,
         )
         _write_manifest(manifest, staging)  # the runtime under test reads it
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ortgen import kv_cache
+from ortgen.decode_state import DecodeState
 from ortgen.errors import InvalidOptionError
 from ortgen.generator import Generator
 
@@ -48,17 +48,14 @@ def measure(
 
 
 def _loop(generator: Generator, prompts: list[list[int]], new: int) -> tuple[float, np.ndarray]:
-    """Prefill time and each decode step's time, greedy, through Generator.forward."""
-    ids, mask = kv_cache.left_pad(prompts, generator.pad_id)
-    past = kv_cache.empty_past(generator.manifest, len(prompts))
+    """Prefill time and each decode step's time, greedy, through one decode state."""
+    state = DecodeState.for_model(generator.model)
     start = time.perf_counter()
-    logits, past = generator.forward(ids, mask, kv_cache.prefill_positions(mask), past, True)
+    logits = state.prefill(prompts)  # [B, V]
     prefill = time.perf_counter() - start
     steps = []
     for _ in range(new - 1):
         start = time.perf_counter()
-        token = logits[:, -1].argmax(-1)[:, None]  # [B, 1]
-        mask = kv_cache.extend_mask(mask)
-        logits, past = generator.forward(token, mask, kv_cache.next_positions(mask), past, True)
+        logits = state.step(logits.argmax(-1))
         steps.append(time.perf_counter() - start)
     return prefill, np.asarray(steps)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ortgen import kv_cache
+from ortgen.decode_state import DecodeState
 from ortgen.errors import InvalidOptionError
 from ortgen.generator import Generator
 
@@ -60,12 +60,12 @@ def evaluate(
     total, count, spans = 0.0, 0, windows(len(ids), window, stride)
     start = time.perf_counter()
     for begin, end, scored_from in spans:
-        chunk = np.asarray([ids[begin:end]], dtype=np.int64)  # [1, L]
-        mask = np.ones_like(chunk)
-        past = kv_cache.empty_past(generator.manifest, 1)
-        logits, _ = generator.forward(chunk, mask, kv_cache.prefill_positions(mask), past)
+        chunk = ids[begin:end]
+        state = DecodeState.for_model(generator.model)
+        logits = state.prefill([chunk], all_logits=True)[0]  # [L, V]
         first = scored_from - begin  # position of the first token to score within the chunk
-        scored = log_likelihoods(logits[0, first - 1 : -1], chunk[0, first:])  # [L - first]
+        targets = np.asarray(chunk[first:], dtype=np.int64)
+        scored = log_likelihoods(logits[first - 1 : -1], targets)  # [L - first]
         total += float(scored.sum())
         count += len(scored)
     seconds = time.perf_counter() - start

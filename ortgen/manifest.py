@@ -53,6 +53,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)  # packages used by the export
     export: dict[str, Any] = field(default_factory=dict)  # graph facts: tied weights, node counts
     parity: dict[str, Any] = field(default_factory=dict)  # parity report against transformers
+    # The in-place KV graph beside model.onnx (GroupQueryAttention on preallocated cache buffers
+    # shared by past and present; the same weights): {"file", "seqlens_k", "total_length"}; {} none
+    inplace: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION  # bumped on incompatible changes
 
     def __post_init__(self) -> None:

@@ -1,9 +1,18 @@
 """Next-token choice as pure numpy functions: logits → probabilities (temperature → top-k → top-p,
-transformers' order and meaning) → one sampled id per row. No ORT, no state beyond the RNG."""
+transformers' order and meaning) → one sampled id. No ORT, no state beyond the RNG.
+
+`logits_to_probs` + `sample` are the reference over the whole vocabulary; `sample_row` draws the
+same id from the same RNG state but touches the full vocabulary only with a few vectorised passes:
+it finds the warped distribution's support (the ids top-k and top-p keep) by thresholds that
+provably contain it, and sorts only that support."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+_SLACK = 1.0  # nats added to the top-p cut-off bound, so float rounding can never bite
 
 
 def greedy(logits: np.ndarray) -> np.ndarray:
@@ -52,8 +61,68 @@ def logits_to_probs(
 def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Draw one id per row by inverting the CDF. probs: [B, V] → [B] int64."""
     cdf = np.cumsum(probs, axis=-1)  # [B, V]
-    draws = (
-        rng.random(probs.shape[0]) * cdf[:, -1]
-    )  # [B], scaled so float rounding cannot overshoot
+    draws = rng.random(probs.shape[0]) * cdf[:, -1]  # [B], scaled: rounding cannot overshoot
     ids = [np.searchsorted(row, u, side="right") for row, u in zip(cdf, draws, strict=True)]
     return np.minimum(np.asarray(ids, dtype=np.int64), probs.shape[-1] - 1)
+
+
+def sample_row(
+    logits: np.ndarray,
+    rng: np.random.Generator,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+) -> int:
+    """One id from one row's logits ([V]); the same id `sample(logits_to_probs(…))` draws."""
+    ids, probs = support(logits, temperature, top_k, top_p)  # ids ascending
+    cdf = np.cumsum(probs)
+    pick = np.searchsorted(cdf, rng.random() * cdf[-1], side="right")
+    return int(ids[min(pick, len(ids) - 1)])
+
+
+def support(
+    logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ids the warped distribution keeps (ascending) and their probabilities, equal to the
+    non-zero entries of `logits_to_probs` for this row. logits: [V]."""
+    scores = logits.astype(np.float64) / temperature  # [V]
+    vocab = scores.shape[0]
+    top = scores.max()
+    if top_k and top_k < vocab:
+        ids = np.flatnonzero(scores >= _kth_largest(scores, top_k, top))
+        weights = np.exp(scores[ids] - top)
+        total = weights.sum()
+    else:
+        everything = np.exp(scores - top)  # [V]: the normaliser needs every id
+        total = everything.sum()
+        ids, weights = _nucleus_candidates(scores, everything, total, top, top_p)
+    probs = weights / total
+    if top_p >= 1.0:
+        return ids, probs
+    order = np.argsort(-probs, kind="stable")  # most likely first, ties by id as a full sort
+    mass_before = np.cumsum(probs[order]) - probs[order]
+    keep = np.sort(order[mass_before < top_p])
+    kept = probs[keep]
+    return ids[keep], kept / kept.sum()
+
+
+def _kth_largest(scores: np.ndarray, k: int, top: float) -> float:
+    """The k-th largest score, partitioning only a threshold set known to hold the top k."""
+    for gap in (4.0, 16.0):
+        near = scores[scores >= top - gap]
+        if len(near) >= k:  # the k largest all lie in `near`
+            return float(np.partition(near, len(near) - k)[len(near) - k])
+    return float(np.partition(scores, len(scores) - k)[len(scores) - k])
+
+
+def _nucleus_candidates(scores, weights, total: float, top: float, top_p: float):
+    """Ids (ascending) that contain the top-p nucleus, with their weights. Every id below
+    top − ln(V / (1 − top_p)) has probability < (1 − top_p) / V, so together those hold less
+    than 1 − top_p: the nucleus cannot reach them once the rest holds ≥ top_p (checked)."""
+    if top_p < 1.0:
+        cut = top - (math.log(len(scores) / (1.0 - top_p)) + _SLACK)
+        ids = np.flatnonzero(scores >= cut)
+        if weights[ids].sum() / total >= top_p:
+            return ids, weights[ids]
+    ids = np.flatnonzero(weights > 0)
+    return ids, weights[ids]

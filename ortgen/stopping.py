@@ -1,9 +1,6 @@
-"""Per-row output bookkeeping: generated ids, EOS, stop strings (also across token boundaries and
-while streaming), and the text pieces a row has decided so far."""
+"""Stop strings: text is cut before the first one, across token boundaries and while streaming."""
 
 from __future__ import annotations
-
-from ortgen.tokenizer import TextStream, Tokenizer
 
 
 class StopText:
@@ -38,48 +35,3 @@ class StopText:
             if any(s.startswith(buffer[-size:]) for s in self._stops):
                 return size
         return 0
-
-
-class Row:
-    """One sequence being generated: its history for the processors, and its decided text."""
-
-    def __init__(
-        self,
-        prompt: list[int],
-        stop_ids: frozenset[int],
-        stop_strings: tuple[str, ...],
-        tokenizer: Tokenizer | None,
-    ) -> None:
-        self.history = list(prompt)  # prompt + generated ids: repetition penalty, n-grams
-        self.ids: list[int] = []  # generated ids, EOS or the stop string's last token included
-        self.done = False
-        self._stop_ids = stop_ids
-        self._text = TextStream(tokenizer) if tokenizer is not None else None
-        self._stops = StopText(stop_strings)
-        self._pieces: list[str] = []  # decided text not yet taken by a stream
-        self.text = ""  # all decided text so far
-
-    def push(self, token_id: int) -> None:
-        self.ids.append(token_id)
-        self.history.append(token_id)
-        if token_id in self._stop_ids:
-            self.done = True
-        if self._text is not None:
-            self._decide(self._stops.feed(self._text.push(token_id)))
-            self.done = self.done or self._stops.hit
-
-    def close(self) -> None:
-        """No more tokens: release text held back for UTF-8 or stop-string reasons."""
-        if self._text is not None and not self._stops.hit:
-            self._decide(self._stops.feed(self._text.finish()))
-            self._decide(self._stops.flush())
-
-    def take(self) -> str:
-        """Text decided since the last call (for streaming)."""
-        piece, self._pieces = "".join(self._pieces), []
-        return piece
-
-    def _decide(self, piece: str) -> None:
-        if piece:
-            self._pieces.append(piece)
-            self.text += piece

@@ -57,9 +57,17 @@ def references(checkpoints):
 
 @pytest.fixture(scope="session")
 def graph_generators(exported_graphs):
+    """Generators for every graph the runtime can drive: the built export's in-place KV graph
+    (the default) and its portable model.onnx, and the traced export's model.onnx."""
     from ortgen import Generator
 
-    return {key: Generator.from_dir(folder, threads=1) for key, folder in exported_graphs.items()}
+    generators = {}
+    for arch in ARCHS:
+        built, traced = exported_graphs[arch, "built"], exported_graphs[arch, "traced"]
+        generators[arch, "built"] = Generator.from_dir(built, threads=1)
+        generators[arch, "portable"] = Generator.from_dir(built, threads=1, graph="portable")
+        generators[arch, "traced"] = Generator.from_dir(traced, threads=1)
+    return generators
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +80,8 @@ def arch(request) -> str:
     return request.param
 
 
-@pytest.fixture(params=GRAPHS)
+@pytest.fixture(params=("built", "portable", "traced"))
 def graph(request) -> str:
+    """built: the in-place KV graph ortgen runs; portable: the same export's model.onnx, as
+    optimum and transformers.js load it; traced: optimum's exporter."""
     return request.param

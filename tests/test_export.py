@@ -136,8 +136,6 @@ def test_logits_to_keep_is_optional_and_exact(arch, exported):
     the last one during the prefill and gets exactly that row."""
     import onnxruntime as ort
 
-    from ortgen import kv_cache
-
     manifest = read_manifest(exported[arch])
     assert manifest.tensors.logits_to_keep == "logits_to_keep"
     session = ort.InferenceSession(str(exported[arch] / "model.onnx"))
@@ -146,9 +144,11 @@ def test_logits_to_keep_is_optional_and_exact(arch, exported):
     feeds = {
         "input_ids": ids,
         "attention_mask": mask,
-        "position_ids": kv_cache.prefill_positions(mask),
+        "position_ids": np.arange(17, dtype=np.int64)[None],
     }
-    feeds.update(zip(kv_cache.past_names(manifest), kv_cache.empty_past(manifest, 1), strict=True))
+    empty = np.zeros((1, manifest.num_heads, 0, manifest.head_dim), dtype=np.float32)  # no past
+    for i in range(manifest.num_layers):
+        feeds |= {f"past_key_values.{i}.key": empty, f"past_key_values.{i}.value": empty}
     full = session.run(["logits"], feeds)[0]
     last = session.run(["logits"], {**feeds, "logits_to_keep": np.array([1])})[0]
     assert full.shape == (1, 17, manifest.vocab_size) and last.shape == (1, 1, manifest.vocab_size)

@@ -10,7 +10,7 @@ import torch
 from checkpoints import WINDOW
 from transformers import GenerationConfig
 
-from ortgen import kv_cache
+from ortgen.decode_state import DecodeState
 
 ATOL = {"fp32": 1e-4}  # max |Δ logits| per precision
 SHORT, LONG = 5, 3 * WINDOW + 5  # prompt lengths on both sides of the local window
@@ -20,8 +20,16 @@ def prompt(length: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(1, 300, size=length).tolist()
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' batch layout: ids and mask [B, T], pads first."""
+    width = max(map(len, prompts))
+    ids = np.asarray([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
+    mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+    return ids, mask
+
+
 def reference_greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> list:
-    ids, mask = kv_cache.left_pad(prompts, pad_id)
+    ids, mask = left_pad(prompts, pad_id)
     config = GenerationConfig(
         max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad_id
     )
@@ -33,29 +41,22 @@ def reference_greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: i
 
 
 @pytest.mark.parametrize("length", [SHORT, LONG])
-def test_logits_match_transformers_prefill_and_cached_steps(arch, length, generators, references):
-    generator, model = generators[arch], references[arch]
-    ids = np.asarray([prompt(length, seed=length)], dtype=np.int64)  # [1, T]
-    mask = np.ones_like(ids)
-    past = kv_cache.empty_past(generator.manifest, 1)
-    logits, past = generator.forward(ids, mask, kv_cache.prefill_positions(mask), past)
+def test_logits_match_transformers_prefill_and_cached_steps(
+    arch, graph, length, graph_generators, references
+):
+    generator, model = graph_generators[arch, graph], references[arch]
+    ids = prompt(length, seed=length)
+    state = DecodeState.for_model(generator.model)
+    logits = state.prefill([ids], all_logits=True)  # [1, T, V]
     with torch.inference_mode():
-        out = model(torch.from_numpy(ids), use_cache=True)
+        out = model(torch.tensor([ids]), use_cache=True)
         assert np.abs(logits - out.logits.numpy()).max() <= ATOL["fp32"]
         for _ in range(6):  # cached steps, crossing the window for LONG prompts
             next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
-            mask = kv_cache.extend_mask(mask)
-            out = model(
-                next_id,
-                past_key_values=out.past_key_values,
-                use_cache=True,
-                attention_mask=torch.from_numpy(mask),
-            )
-            logits, past = generator.forward(
-                next_id.numpy(), mask, kv_cache.next_positions(mask), past
-            )
-            assert logits.shape == (1, 1, generator.manifest.vocab_size)
-            assert np.abs(logits - out.logits.numpy()).max() <= ATOL["fp32"]
+            out = model(next_id, past_key_values=out.past_key_values, use_cache=True)
+            logits = state.step(next_id.numpy()[:, 0])  # [1, V]
+            assert logits.shape == (1, generator.manifest.vocab_size)
+            assert np.abs(logits - out.logits.numpy()[:, -1]).max() <= ATOL["fp32"]
 
 
 @pytest.mark.parametrize("length", [SHORT, LONG])

@@ -219,15 +219,14 @@ def test_fp16_graph_keeps_the_cache_fp16_and_the_logits_fp32(arch, quantized):
 
 def test_fp16_has_no_nan_on_long_left_padded_prompts(arch, quantized):
     """Fully masked pad rows and GPT-Neo's unscaled scores with its mask value: no NaN / inf."""
-    from ortgen import kv_cache
+    from ortgen.decode_state import DecodeState
 
     generator = Generator.from_dir(quantized[(arch, "fp16")])
+    assert generator.model.graph == "portable" and generator.manifest.kv_dtype == "float16"
     limit = generator.manifest.max_positions
     prompts = [list(range(1, limit - 8)), [5, 6, 7]]  # the short one is left-padded a lot
-    ids, mask = kv_cache.left_pad(prompts, generator.pad_id)
-    past = kv_cache.empty_past(generator.manifest, 2)
-    logits, past = generator.forward(ids, mask, kv_cache.prefill_positions(mask), past)
-    assert past[0].dtype == np.float16 and np.isfinite(logits).all()
+    logits = DecodeState.for_model(generator.model).prefill(prompts, all_logits=True)
+    assert np.isfinite(logits[0]).all() and np.isfinite(logits[1, -3:]).all()
     out = generator.generate_ids(prompts, max_new_tokens=8, ignore_eos=True)
     assert [len(o) for o in out] == [8, 8]
 
@@ -235,18 +234,16 @@ def test_fp16_has_no_nan_on_long_left_padded_prompts(arch, quantized):
 @pytest.mark.cuda
 def test_fp16_runs_on_cuda(quantized):
     """Same graph, CUDA kernels: logits close to the CPU run's, cache in fp16, no NaN."""
-    from ortgen import kv_cache
+    from ortgen.decode_state import DecodeState
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("no CUDA execution provider on this machine")
     for arch in ("gpt2", "gpt_neo"):
-        ids = np.arange(1, 40, dtype=np.int64)[None]
-        mask = np.ones_like(ids)
+        ids = list(range(1, 40))
         runs = []
         for device in ("cpu", "cuda"):
             generator = Generator.from_dir(quantized[(arch, "fp16")], device=device)
-            past = kv_cache.empty_past(generator.manifest, 1)
-            logits, _ = generator.forward(ids, mask, kv_cache.prefill_positions(mask), past)
-            runs.append(logits)
+            state = DecodeState.for_model(generator.model)
+            runs.append(state.prefill([ids], all_logits=True))
         assert np.isfinite(runs[1]).all()
         assert np.abs(runs[0] - runs[1]).max() < 5e-2

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortgen import Generator, kv_cache
+from ortgen import Generator
+from ortgen.decode_state import DecodeState
 from ortgen.evaluation import evaluate
 from ortgen_export import ExportOptions, export_model
 from ortgen_export.parity import PURE_GREEDY  # argmax, whatever generation_config.json says
@@ -59,11 +60,9 @@ def test_int8_greedy_agreement(arch, trained, held_out):
     for doc in docs:
         prompt = reference.encode(doc)[:24]
         path = reference.generate_ids(prompt, **{**PURE_GREEDY, "max_new_tokens": GREEDY_TOKENS})
-        ids = np.asarray([prompt + path[:-1]], dtype=np.int64)  # [1, T + G - 1]
-        mask = np.ones_like(ids)
-        past = kv_cache.empty_past(quantized.manifest, 1)
-        logits, _ = quantized.forward(ids, mask, kv_cache.prefill_positions(mask), past)
-        picks = logits[0, len(prompt) - 1 :].argmax(-1)  # [G]
+        state = DecodeState.for_model(quantized.model)
+        logits = state.prefill([prompt + path[:-1]], all_logits=True)[0]  # [T + G - 1, V]
+        picks = logits[len(prompt) - 1 :].argmax(-1)  # [G]
         agree += int((picks == np.asarray(path)).sum())
         total += len(path)
     assert agree / total >= GREEDY_MIN, agree / total

@@ -1,0 +1,127 @@
+"""The in-place KV graph, written beside the portable `model.onnx` from the same saved graph: each
+`MultiHeadAttention` (growing past → longer present, additive mask bias) becomes a
+`GroupQueryAttention` over preallocated [B, H, L, D] buffers that the runtime binds as both past and
+present, with per-row lengths (`seqlens_k`) instead of an attention mask. Its weights are not a
+second copy: every initializer stored in `model.onnx` is referenced there by byte offset (ONNX
+external data), and those already external stay in `model.onnx.data`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from ortgen_export.builder import MS
+
+FILE = "inplace.onnx"
+SEQLENS, TOTAL = "seqlens_k", "total_sequence_length"
+_WINDOW = re.compile(r"attn_mask/window(\d+)$")
+_EMBED_BELOW = 1024  # bytes: tiny constants are cheaper to repeat than to reference
+
+
+def write(folder: Path, model_file: str = "model.onnx") -> dict[str, str]:
+    """Write `folder/inplace.onnx` from the saved `folder/model_file`. → the manifest entry."""
+    model = onnx.load(str(folder / model_file), load_external_data=False)
+    windows = _windows_by_bias(model.graph)
+    for node in [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]:
+        _swap_attention(model.graph, node, windows[node.input[5]])
+    _prune(model.graph)
+    _rewrite_inputs(model.graph)
+    _reference_weights(model.graph, (folder / model_file).read_bytes(), model_file)
+    onnx.save_model(model, str(folder / FILE))
+    return {"file": FILE, "seqlens_k": SEQLENS, "total_length": TOTAL}
+
+
+def _windows_by_bias(graph) -> dict[str, int | None]:
+    """Attention-bias tensor → the local window it encodes (None: global), found by walking up
+    from the bias to the builder's `attn_mask/window{w}` constant."""
+    producers = {out: node for node in graph.node for out in node.output}
+    found = {}
+    for bias in {n.input[5] for n in graph.node if n.op_type == "MultiHeadAttention"}:
+        seen, todo, window = set(), [bias], None
+        while todo:
+            name = todo.pop()
+            match = _WINDOW.search(name)
+            if match:
+                window = int(match.group(1))
+            if name in producers and name not in seen:
+                seen.add(name)
+                todo.extend(producers[name].input)
+        found[bias] = window
+    return found
+
+
+def _swap_attention(graph, node, window: int | None) -> None:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    q, k, v, past_key, past_value = (node.input[i] for i in (0, 1, 2, 6, 7))
+    gqa = helper.make_node(
+        "GroupQueryAttention",
+        [q, k, v, past_key, past_value, SEQLENS, TOTAL],
+        list(node.output),
+        name=node.name.replace("MultiHeadAttention", "GroupQueryAttention"),
+        domain=MS,
+        num_heads=attrs["num_heads"],
+        kv_num_heads=attrs["num_heads"],
+        scale=attrs.get("scale", 0.0),
+        # GPT-Neo's local layers attend to `window` keys, the query's own included; so does
+        # ONNX Runtime's CPU kernel with local_window_size = window (measured; the export's
+        # parity check proves it for every local layer, and older kernels kept window + 1).
+        local_window_size=-1 if window is None else window,
+    )
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(position, gqa)
+
+
+def _prune(graph) -> None:
+    """Drop nodes whose outputs nothing uses (the mask-bias subgraph)."""
+    while True:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(out in used for out in n.output)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
+
+
+def _rewrite_inputs(graph) -> None:
+    """attention_mask → seqlens_k [B] + total_sequence_length []; cache axes name the buffer."""
+    kept = [i for i in graph.input if i.name != "attention_mask"]
+    del graph.input[:]
+    graph.input.extend(kept)
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(SEQLENS, TensorProto.INT32, ["batch_size"]),
+            helper.make_tensor_value_info(TOTAL, TensorProto.INT32, []),
+        ]
+    )
+    for value in [*graph.input, *graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.shape.dim[2].dim_param = "max_sequence_length"
+    # Defaults for optional inputs (logits_to_keep) become required: IO binding binds graph
+    # inputs only, and the runtime always feeds them.
+    inputs = {i.name for i in graph.input}
+    used = {name for n in graph.node for name in n.input} - inputs
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+
+
+def _reference_weights(graph, saved: bytes, model_file: str) -> None:
+    """Point each embedded initializer at its bytes inside `model_file` instead of copying them."""
+    start = 0
+    for tensor in graph.initializer:
+        raw = tensor.raw_data
+        if tensor.data_location == TensorProto.EXTERNAL or len(raw) < _EMBED_BELOW:
+            continue
+        offset = saved.find(raw, start)
+        if offset < 0:
+            offset = saved.find(raw)  # serialization order differed: search the whole file
+        if offset < 0:
+            continue  # not found byte for byte: keep it embedded (correct, only larger)
+        start = offset + len(raw)
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", model_file), ("offset", offset), ("length", len(raw))):
+            tensor.external_data.add(key=key, value=str(value))

@@ -1,0 +1,242 @@
+"""The decode state: the one owner of a batch's KV cache, attention mask and positions, the only
+caller of `session.run`. Generation, eval, bench, parity, the serving engine and batch jobs all drive
+a model through it: `prefill` adds rows, `step` feeds one token per row, `keep` drops rows.
+
+Two layouts, one interface:
+- `GrowingCache` runs the portable `model.onnx` (optimum's interface): left-padded rows, a past that
+  the graph copies into a longer `present` every step. Rows join by zero-padding on the left (pads
+  are masked out) and leave by slicing, as text-generation-inference's CausalLMBatch does.
+- `SlotCache` runs the in-place graph: one preallocated buffer per layer and kind, [rows, H, L, D],
+  bound as both past and present, so GroupQueryAttention appends the new token where it lies; every
+  row starts at slot position 0 and attends to its own length only (per-row `seqlens_k`), so a row's
+  numbers never depend on its neighbours."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ortgen.model import Model
+
+_LAST_ONLY = np.array([1], dtype=np.int64)  # logits_to_keep: the last position only
+_ALL = np.array([0], dtype=np.int64)  # logits_to_keep: every position
+
+
+class DecodeState:
+    """A batch of rows being decoded; see the module docstring."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.manifest = model.manifest
+        names = model.manifest.tensors
+        self._past = _per_layer(model, names.past_key, names.past_value)
+        self._present = _per_layer(model, names.present_key, names.present_value)
+
+    @staticmethod
+    def for_model(model: Model) -> DecodeState:
+        return SlotCache(model) if model.graph == "inplace" else GrowingCache(model)
+
+    @property
+    def rows(self) -> int:
+        raise NotImplementedError
+
+    def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+        """Append one row per prompt. → last-position logits [N, V] float32, or with all_logits
+        [N, T, V] for every position, rows left-padded to the longest prompt (pads hold zeros)."""
+        raise NotImplementedError
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Feed one token per row. ids: [rows] int → logits [rows, V] float32."""
+        raise NotImplementedError
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (ascending indices), in that order: finished rows leave the batch."""
+        raise NotImplementedError
+
+    def _feeds(self, ids: np.ndarray, positions: np.ndarray, all_logits: bool) -> dict:
+        """Inputs common to both graphs. ids, positions: [B, T] int64."""
+        names = self.manifest.tensors
+        feeds = {names.input_ids: ids, names.position_ids: positions}
+        if names.logits_to_keep:
+            feeds[names.logits_to_keep] = _ALL if all_logits else _LAST_ONLY
+        return feeds
+
+
+def _per_layer(model: Model, key: str, value: str) -> list[str]:
+    """[key 0, value 0, key 1, value 1, …] from `{i}` name templates."""
+    return [name.format(i=i) for i in range(model.manifest.num_layers) for name in (key, value)]
+
+
+class GrowingCache(DecodeState):
+    """Left-padded rows over the portable graph; the past grows by one copy per step."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__(model)
+        m = self.manifest
+        self._mask = np.zeros((0, 0), dtype=np.int64)  # [B, P] 1 = real token
+        self._cache = [  # 2L × [B, H, P, D]
+            np.zeros((0, m.num_heads, 0, m.head_dim), dtype=m.kv_dtype) for _ in self._past
+        ]
+
+    @property
+    def rows(self) -> int:
+        return self._mask.shape[0]
+
+    def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+        ids, mask = _left_pad(prompts, self.model.pad_id)  # [N, T]
+        m = self.manifest
+        empty = np.zeros((len(prompts), m.num_heads, 0, m.head_dim), dtype=m.kv_dtype)
+        positions = _prefill_positions(mask)
+        logits, cache = self._run(ids, mask, positions, [empty] * len(self._past), all_logits)
+        self._join(mask, cache)
+        return logits if all_logits else logits[:, -1]
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        self._mask = np.concatenate([self._mask, np.ones((self.rows, 1), np.int64)], axis=1)
+        positions = self._mask.sum(axis=1, keepdims=True) - 1  # [B, 1]: real tokens before
+        tokens = np.asarray(ids, dtype=np.int64).reshape(-1, 1)  # [B, 1]
+        logits, self._cache = self._run(tokens, self._mask, positions, self._cache)
+        return logits[:, -1]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        index = np.asarray(rows, dtype=np.int64)
+        self._mask = self._mask[index]
+        self._cache = [c[index] for c in self._cache]
+        real = np.flatnonzero(self._mask.any(axis=0))  # columns some row still attends to
+        start = int(real[0]) if real.size else self._mask.shape[1]
+        if start:  # drop leading columns that are padding for every row
+            self._mask = self._mask[:, start:]
+            self._cache = [c[:, :, start:] for c in self._cache]
+
+    def _run(self, ids, mask, positions, cache, all_logits=False) -> tuple[np.ndarray, list]:
+        """One graph run → logits [B, T', V], presents 2L × [B, H, P + T, D]."""
+        feeds = self._feeds(ids, positions, all_logits)
+        feeds[self.manifest.tensors.attention_mask] = mask
+        feeds.update(zip(self._past, cache, strict=True))
+        names = [self.manifest.tensors.logits, *self._present]
+        logits, *present = self.model.session.run(names, feeds)
+        return logits, present
+
+    def _join(self, mask: np.ndarray, cache: list[np.ndarray]) -> None:
+        """Append rows, zero-padding the shorter side on the left. mask: [N, P']."""
+        width = max(self._mask.shape[1], mask.shape[1])
+        self._mask = np.concatenate([_pad_left(self._mask, width), _pad_left(mask, width)])
+        self._cache = [
+            np.concatenate([_pad_left(old, width, axis=2), _pad_left(new, width, axis=2)])
+            for old, new in zip(self._cache, cache, strict=True)
+        ]
+
+
+def _stack_left_padded(rows: list[np.ndarray]) -> np.ndarray:
+    """[T_i, V] arrays → [N, max T, V], each right-aligned (zeros before)."""
+    width = max(len(r) for r in rows)
+    return np.stack([_pad_left(r, width, axis=0) for r in rows])
+
+
+def _pad_left(array: np.ndarray, width: int, axis: int = 1) -> np.ndarray:
+    """Zeros before `array` along `axis` up to `width`."""
+    missing = width - array.shape[axis]
+    if not missing:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (missing, 0)
+    return np.pad(array, pad)
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad prompts to one length. → input_ids [N, T], attention_mask [N, T] (int64)."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def _prefill_positions(mask: np.ndarray) -> np.ndarray:
+    """Positions count real tokens only: cumsum(mask) − 1; pads get 1, as transformers does.
+    mask: [N, T] → [N, T] int64."""
+    positions = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 1, positions).astype(np.int64)
+
+
+class SlotCache(DecodeState):
+    """Rows in preallocated slots over the in-place graph; nothing is copied per step."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__(model)
+        from ortgen.session import import_onnxruntime
+
+        self._ortvalue = import_onnxruntime().OrtValue.ortvalue_from_numpy
+        m = self.manifest
+        self._seqlens, self._total = m.inplace["seqlens_k"], m.inplace["total_length"]
+        self._lengths = np.zeros(0, dtype=np.int32)  # [rows] tokens cached per row
+        # One [slots, H, max_positions, D] buffer per layer and kind. np.zeros maps pages lazily:
+        # memory is spent only where a row has written tokens.
+        self._buffers = [self._zeros(0) for _ in self._past]
+
+    @property
+    def rows(self) -> int:
+        return len(self._lengths)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+        out = []
+        for prompt in prompts:  # alone: a row's numbers never depend on the others
+            row, length = self.rows, len(prompt)
+            self._reserve(row + 1)
+            ids = np.asarray([prompt], dtype=np.int64)  # [1, T]
+            positions = np.arange(length, dtype=np.int64)[None]  # [1, T]
+            seqlens = np.array([length - 1], dtype=np.int32)
+            logits = self._run(ids, positions, slice(row, row + 1), seqlens, length, all_logits)
+            self._lengths = np.append(self._lengths, np.int32(length))
+            out.append(logits[0] if all_logits else logits[0, -1])
+        return _stack_left_padded(out) if all_logits else np.stack(out)
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(ids, dtype=np.int64).reshape(-1, 1)  # [B, 1]
+        positions = self._lengths[:, None].astype(np.int64)  # [B, 1]: the new token's slot
+        total = int(self._lengths.max()) + 1
+        logits = self._run(tokens, positions, slice(0, self.rows), self._lengths, total, False)
+        self._lengths = self._lengths + 1
+        return logits[:, -1]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        for target, source in enumerate(rows):  # ascending: a slot moves down, never up
+            if target != source:
+                used = int(self._lengths[source])
+                for buffer in self._buffers:
+                    buffer[target, :, :used] = buffer[source, :, :used]
+        self._lengths = self._lengths[np.asarray(rows, dtype=np.int64)]
+
+    def _run(self, ids, positions, rows: slice, seqlens, total: int, all_logits: bool):
+        """One graph run with the cache buffers bound as past and present. → logits [B, T', V]."""
+        binding = self.model.session.io_binding()
+        binding.bind_output(self.manifest.tensors.logits, "cpu")
+        feeds = self._feeds(ids, positions, all_logits)
+        feeds[self._seqlens] = np.ascontiguousarray(seqlens, dtype=np.int32)  # [B] = length - 1
+        feeds[self._total] = np.array(total, dtype=np.int32)  # longest row after this run
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for past, present, buffer in zip(self._past, self._present, self._buffers, strict=True):
+            shared = self._ortvalue(buffer[rows])  # same memory in and out: appended in place
+            binding.bind_ortvalue_input(past, shared)
+            binding.bind_ortvalue_output(present, shared)
+        self.model.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def _reserve(self, slots: int) -> None:
+        """At least `slots` rows of buffer, keeping the cached tokens of existing rows."""
+        have = self._buffers[0].shape[0]
+        if slots <= have:
+            return
+        grown = [self._zeros(max(slots, 2 * have)) for _ in self._buffers]
+        for row, used in enumerate(self._lengths.tolist()):
+            for old, new in zip(self._buffers, grown, strict=True):
+                new[row, :, :used] = old[row, :, :used]
+        self._buffers = grown
+
+    def _zeros(self, slots: int) -> np.ndarray:
+        m = self.manifest
+        return np.zeros((slots, m.num_heads, m.max_positions, m.head_dim), dtype=m.kv_dtype)

@@ -1,0 +1,51 @@
+"""A loaded model folder: its manifest and an ONNX Runtime session on one of its graphs — the
+portable `model.onnx` (optimum's interface) or, when the export wrote one, the in-place KV graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ortgen.errors import ModelFolderError
+from ortgen.manifest import Manifest, read_manifest
+from ortgen.session import create_session
+
+GRAPHS = ("portable", "inplace")  # model.onnx (growing past) / manifest.inplace (shared buffers)
+
+
+@dataclass(frozen=True)
+class Model:
+    """What a decode state needs to drive a graph."""
+
+    manifest: Manifest  # shapes, names, precision
+    session: Any  # onnxruntime.InferenceSession
+    graph: str  # "portable" or "inplace"
+    folder: Path  # where it was loaded from
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        graph: str | None = None,
+    ) -> Model:
+        """The folder's fastest graph (in-place KV when it has one), or the one `graph` names."""
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if graph is None:
+            graph = "inplace" if manifest.inplace else "portable"
+        if graph not in GRAPHS:
+            raise ModelFolderError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
+        if graph == "inplace" and not manifest.inplace:
+            raise ModelFolderError(f"{folder} has no in-place KV graph: re-export it")
+        name = manifest.inplace["file"] if graph == "inplace" else manifest.model_file
+        session = create_session(folder / name, device=device, threads=threads)
+        return cls(manifest, session, graph, folder)
+
+    @property
+    def pad_id(self) -> int:
+        """Filler for left-padded rows; any id works, pads are masked out."""
+        eos = self.manifest.eos_token_id
+        return eos if eos is not None else 0
