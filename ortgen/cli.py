@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
-from ortgen.errors import ExportError, InvalidOptionError, OrtgenError
-from ortgen.prompts import read_prompts
+from ortgen import prompts as prompt_input
+from ortgen.errors import (
+    ExportError,
+    InputError,
+    InvalidOptionError,
+    OrtgenError,
+    OrtgenWarning,
+)
 
 EXIT_ERROR = 1  # the request could not be carried out
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -25,7 +33,10 @@ class _OneLineErrors(TyperGroup):
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
         try:
-            code = super().main(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", OrtgenWarning)
+                warnings.showwarning = _show_warning_once({})
+                code = super().main(*args, **kwargs)
         except typer.TyperException as err:  # typer's (vendored click) usage errors
             ctx = getattr(err, "ctx", None)
             if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -33,8 +44,10 @@ class _OneLineErrors(TyperGroup):
                 sys.exit(EXIT_USAGE)
             hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
             _fail(f"{_message(err)}{hint}", getattr(err, "exit_code", EXIT_USAGE))
+        except InvalidOptionError as err:  # an option value out of range: the command line
+            _fail(flag_names(str(err)), EXIT_USAGE)
         except OrtgenError as err:
-            _fail(str(err), EXIT_ERROR)
+            _fail(flag_names(str(err)), EXIT_ERROR)
         except (typer.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
         except BrokenPipeError:
@@ -62,13 +75,78 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _show_warning_once(shown: dict):
+    """A `warnings.showwarning` printing each distinct ortgen warning once, as one line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = flag_names(str(message))
+        if text not in shown:
+            shown[text] = True
+            print(f"warning: {text}", file=sys.stderr)
+
+    return show
+
+
+# Library messages name options as Python does; the CLI speaks in flags.
+_SPELLINGS = {
+    "do_sample=True": "--do-sample",
+    "do_sample=False": "--greedy",
+    "truncate_prompt='left'": "--truncate-prompt left",
+    'truncate_prompt="left"': "--truncate-prompt left",
+}
+_OPTION_NAMES = (
+    "max_new_tokens|min_new_tokens|do_sample|temperature|top_k|top_p|repetition_penalty|"
+    "no_repeat_ngram_size|num_return_sequences|seed|eos_token_id|ignore_eos|truncate_prompt|"
+    "threads|block_size|accuracy_level|min_agreement|allow_partial|prompt_tokens|new_tokens|"
+    "batch_size"
+)
+_OPTION = re.compile(rf"(?<![\w./-])({_OPTION_NAMES})(?:=(\S+?))?(?=[\s,;:)]|$)")
+
+
+def flag_names(message: str) -> str:
+    """`top_p must…` → `--top-p must…`, `max_new_tokens=10` → `--max-new-tokens 10`."""
+    for python, flag in _SPELLINGS.items():
+        message = message.replace(python, flag)
+
+    def flag(match: re.Match) -> str:
+        name = "--" + match.group(1).replace("_", "-")
+        return f"{name} {match.group(2).strip(chr(39))}" if match.group(2) else name
+
+    return _OPTION.sub(flag, message)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("ortgen")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        print(f"ortgen {version}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     cls=_OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: on/off flags shown as flags, not `--force <bool>`
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Export GPT-2 / GPT-Neo checkpoints to proven ONNX models and generate text with them.",
 )
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """Export GPT-2 / GPT-Neo checkpoints to proven ONNX models and generate text with them."""
+
 
 ModelDir = Annotated[
     Path | None,
@@ -213,15 +291,21 @@ def generate(
         ignore_eos=ignore_eos or None,
         truncate_prompt=truncate_prompt,
     )
+    text = None  # every prompt is read and checked before the model loads
+    if prompt is not None:
+        text = prompt_input.from_stdin() if prompt == "-" else prompt_input.from_argument(prompt)
+    numbered = prompt_input.read_numbered_prompts(prompts_file) if prompts_file else []
     generator = Generator.from_dir(model, device=device, threads=threads)
-    resolved = generator.options(**options)  # validate before any output
+    resolved = resolve_options(generator, options)  # validate before any output
     if prompts_file is not None:
-        prompts = read_prompts(prompts_file)
+        prompt_input.check_prompts(
+            numbered, prompts_file, lambda p: generator.fit_context(generator.encode(p), resolved)
+        )
+        prompts = [p for _, p in numbered]
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
             print_jsonl(batch, generator.generate(batch, **options))
         return
-    text = sys.stdin.read() if prompt == "-" else prompt
     if as_json:
         result = generator.generate(text, **options)
         outputs = result if isinstance(result, list) else [result]
@@ -235,10 +319,38 @@ def generate(
     sys.stdout.write("\n")
 
 
+def resolve_options(generator, options: dict):
+    """The generator's options with `options` applied, checked against its vocabulary; sampling
+    controls given under greedy decoding are reported (once, on stderr), not silently dropped."""
+    resolved = generator.options(**options)
+    resolved.check_vocabulary(generator.manifest.vocab_size)
+    ignored = resolved.ignored_options(options)
+    if ignored:
+        warnings.warn(
+            f"{', '.join(ignored)} ignored: decoding is greedy (add do_sample=True to sample)",
+            OrtgenWarning,
+            stacklevel=2,
+        )
+    return resolved
+
+
+ModelArgument = Annotated[
+    Path | None,
+    typer.Argument(help="Model folder written by `ortgen export` (default: bundled)."),
+]
+
+
+def _model_folder(argument: Path | None, option: Path | None) -> Path | None:
+    if argument is not None and option is not None and argument != option:
+        raise typer.BadParameter(f"give the model once: MODEL_DIR {argument} or --model {option}")
+    return argument if argument is not None else option
+
+
 @app.command(name="eval")
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `ortgen export`.")],
     text: Annotated[Path, typer.Option(help="UTF-8 text file to measure perplexity on.")],
+    model_dir: ModelArgument = None,
+    model: ModelDir = None,
     window: Annotated[
         int | None, typer.Option(help="Tokens per forward pass (default: the model's context).")
     ] = None,
@@ -258,8 +370,9 @@ def evaluate(
     try:
         content = text.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise InvalidOptionError(f"cannot read --text {text}: {err}") from None
-    generator = Generator.from_dir(model_dir, device=device, threads=threads)
+        raise InputError(f"cannot read --text {text}: {err}") from None
+    folder = _model_folder(model_dir, model)
+    generator = Generator.from_dir(folder, device=device, threads=threads)
     result = run_evaluation(generator, generator.encode(content), window, stride)
     if as_json:
         record = {"precision": generator.manifest.precision, **dataclasses.asdict(result)}
@@ -274,7 +387,8 @@ def evaluate(
 
 @app.command()
 def bench(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by `ortgen export`.")],
+    model_dir: ModelArgument = None,
+    model: ModelDir = None,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length.")] = 128,
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Rows generated together.")] = 1,
@@ -289,7 +403,7 @@ def bench(
     from ortgen.benchmark import measure
     from ortgen.generator import Generator
 
-    generator = Generator.from_dir(model_dir, device=device, threads=threads)
+    generator = Generator.from_dir(_model_folder(model_dir, model), device=device, threads=threads)
     speed = measure(generator, prompt_tokens, new_tokens, batch_size, rounds)
     if as_json:
         print(json.dumps({"precision": generator.manifest.precision, **dataclasses.asdict(speed)}))

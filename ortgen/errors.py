@@ -40,6 +40,10 @@ class InputError(OrtgenError):
     """A prompt or prompts file cannot be used as given (bad bytes, wrong JSON types)."""
 
 
+class OrtgenWarning(UserWarning):
+    """Something the user asked for was adjusted or ignored (the CLI shows it once on stderr)."""
+
+
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type name when it has none
     (third-party errors often carry multi-line messages or none at all)."""

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ortgen.errors import ModelFolderError
+from ortgen.folder import check_fields, read_json_object, require_folder
 
 MANIFEST_NAME = "ortgen.json"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 ARCHITECTURES = ("gpt2", "gpt_neo")
+_SIZES = ("num_layers", "num_heads", "head_dim", "hidden_size", "vocab_size", "max_positions")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,15 @@ class Manifest:
                 f"manifest names precision {self.precision!r}, this ortgen runs {PRECISIONS}: "
                 "upgrade ortgen or re-export the model"
             )
+        for name in _SIZES:
+            if getattr(self, name) < 1:
+                raise ModelFolderError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("eos_token_id", "bos_token_id"):
+            token = getattr(self, name)
+            if token is not None and not 0 <= token < self.vocab_size:
+                raise ModelFolderError(
+                    f"{name} {token} is outside the vocabulary [0, {self.vocab_size})"
+                )
 
     @property
     def kv_dtype(self) -> str:
@@ -97,19 +108,17 @@ class Manifest:
 
 
 def read_manifest(folder: Path) -> Manifest:
-    """Read and validate `folder/ortgen.json`."""
-    path = Path(folder) / MANIFEST_NAME
-    if not Path(folder).is_dir():
-        raise ModelFolderError(
-            f"model folder {folder} does not exist: export one with `ortgen export SOURCE {folder}`"
-        )
+    """Read and validate `folder/ortgen.json`: its shape, field types and values."""
+    path = require_folder(folder) / MANIFEST_NAME
     if not path.is_file():
         raise ModelFolderError(
             f"{folder} is not an ortgen model folder (no {MANIFEST_NAME}): "
             f"export one with `ortgen export SOURCE OUTPUT_DIR`"
         )
+    data = read_json_object(path)
+    check_fields(Manifest, data, path)
+    check_fields(TensorNames, data.get("tensors", {}), path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFolderError(f"cannot read {path}: {err}; re-export the model") from None
-    return Manifest.from_dict(data)
+        return Manifest.from_dict(data)
+    except ModelFolderError as err:
+        raise ModelFolderError(f"{path}: {err}") from None

@@ -4,12 +4,14 @@ model folder's `generation_config.json` and then transformers' defaults; explici
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ortgen.errors import InvalidOptionError
+from ortgen.errors import InvalidOptionError, ModelFolderError, OrtgenWarning
+from ortgen.folder import read_json_object
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class GenerationOptions:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
+        self._check_numbers()
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InvalidOptionError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -60,7 +63,7 @@ class GenerationOptions:
             )
         if self.num_return_sequences > 1 and not self.do_sample:
             raise InvalidOptionError(
-                "num_return_sequences > 1 needs sampling (do_sample=True / --do-sample): "
+                "num_return_sequences > 1 needs sampling (do_sample=True): "
                 "greedy decoding would return the same sequence each time"
             )
         if self.truncate_prompt not in (None, "left"):
@@ -70,12 +73,40 @@ class GenerationOptions:
         if self.do_sample and not self.temperature > 0:
             raise InvalidOptionError(
                 f"temperature must be > 0 when sampling, got {self.temperature}; "
-                "use greedy decoding (do_sample=False / --greedy) for deterministic output"
+                "use greedy decoding (do_sample=False) for deterministic output"
             )
         if self.top_k is not None and self.top_k < 0:
             raise InvalidOptionError(f"top_k must be ≥ 0 (0 disables it), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidOptionError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def _check_numbers(self) -> None:
+        """Values no setting makes meaningful: non-finite floats, negative seeds and ids."""
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidOptionError(
+                    f"{name} must be a finite number, got {getattr(self, name)}"
+                )
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidOptionError(f"seed must be in [0, 2**63), got {self.seed}")
+        for token in self.eos_token_id or ():
+            if token < 0:
+                raise InvalidOptionError(f"eos_token_id must be ≥ 0, got {token}")
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """EOS ids must name tokens the model has (an id beyond it never stops anything)."""
+        outside = [t for t in self.eos_token_id or () if t >= vocab_size]
+        if outside:
+            raise InvalidOptionError(
+                f"eos_token_id {outside[0]} is outside the model's vocabulary [0, {vocab_size})"
+            )
+
+    def ignored_options(self, explicit: dict[str, Any]) -> list[str]:
+        """Names in `explicit` (options the caller set) that these options do not use: the
+        sampling controls under greedy decoding."""
+        if self.do_sample:
+            return []
+        return [n for n in ("temperature", "top_k", "top_p") if explicit.get(n) is not None]
 
     def with_overrides(self, **overrides: Any) -> GenerationOptions:
         """A copy with every non-None override applied; unknown names are an error."""
@@ -86,7 +117,21 @@ class GenerationOptions:
                 f"unknown generation option(s) {unknown}; known options: {sorted(known)}"
             )
         given = {k: v for k, v in overrides.items() if v is not None}
+        limit = given.get("max_new_tokens", self.max_new_tokens)
+        if "min_new_tokens" not in given and self.min_new_tokens > limit:
+            given["min_new_tokens"] = _capped_min(self.min_new_tokens, limit)
         return dataclasses.replace(self, **given)
+
+
+def _capped_min(min_new_tokens: int, max_new_tokens: int) -> int:
+    """A default min_new_tokens (the model's generation_config.json) above max_new_tokens."""
+    warnings.warn(
+        f"the model's default min_new_tokens {min_new_tokens} is more than "
+        f"max_new_tokens={max_new_tokens}: using min_new_tokens={max_new_tokens}",
+        OrtgenWarning,
+        stacklevel=3,
+    )
+    return max_new_tokens
 
 
 # generation_config.json keys ortgen honours; the rest (num_beams, …) are ignored.
@@ -103,13 +148,40 @@ _CONFIG_KEYS = (
 )
 
 
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "do_sample": (bool,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "repetition_penalty": (int, float),
+    "eos_token_id": (int, list),
+}  # the other keys are ints
+
+
 def defaults_from_folder(folder: Path) -> GenerationOptions:
-    """Defaults for a model folder: its generation_config.json over transformers' defaults."""
+    """Defaults for a model folder: its generation_config.json over transformers' defaults. A
+    min_new_tokens above max_new_tokens there is capped (with a warning), not an error."""
     path = Path(folder) / "generation_config.json"
     if not path.is_file():
         return GenerationOptions()
+    fix = "fix or delete the file"
+    config = read_json_object(path, fix)
+    for key in _CONFIG_KEYS:
+        value = config.get(key)
+        allowed = _CONFIG_TYPES.get(key, (int,))
+        if value is not None and (
+            isinstance(value, bool) != (bool in allowed) or not isinstance(value, allowed)
+        ):
+            raise ModelFolderError(f"{path}: {key!r} has the wrong type ({value!r}): {fix}")
+    values = {k: config.get(k) for k in _CONFIG_KEYS}
+    if isinstance(values["eos_token_id"], list) and not all(
+        isinstance(i, int) for i in values["eos_token_id"]
+    ):
+        raise ModelFolderError(f"{path}: 'eos_token_id' must be an id or a list of ids: {fix}")
+    if isinstance(values["min_new_tokens"], int):
+        limit = values["max_new_tokens"] or GenerationOptions.max_new_tokens
+        if values["min_new_tokens"] > limit:
+            values["min_new_tokens"] = _capped_min(values["min_new_tokens"], limit)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise InvalidOptionError(f"cannot read {path}: {err}; fix or delete the file") from None
-    return GenerationOptions().with_overrides(**{k: config.get(k) for k in _CONFIG_KEYS})
+        return GenerationOptions().with_overrides(**values)
+    except InvalidOptionError as err:
+        raise ModelFolderError(f"{path}: {err}: {fix}") from None

@@ -13,6 +13,7 @@ from ortgen.errors import (
     OrtgenError,
     first_line,
 )
+from ortgen.folder import check_session
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -79,6 +80,7 @@ def create_session(model_path: Path, device: str = "cpu", threads: int | None = 
         raise ModelFolderError(
             f"cannot load {model_path}: {first_line(err)}; re-export it"
         ) from None
+    check_session(model_path, session)  # the graph's inputs and outputs are the manifest's
     if session.get_providers()[0] != wanted:
         raise DeviceError(
             f"onnxruntime fell back from {wanted} to {session.get_providers()[0]}: check the CUDA "

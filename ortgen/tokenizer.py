@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from ortgen.errors import ModelFolderError
+from ortgen.errors import ModelFolderError, first_line
+from ortgen.folder import check_tokenizer_vocabulary
 
 _REPLACEMENT = "\ufffd"  # what byte-level BPE decodes an incomplete UTF-8 sequence to
 
@@ -23,7 +24,15 @@ class Tokenizer:
         path = Path(folder) / "tokenizer.json"
         if not path.is_file():
             raise ModelFolderError(f"{folder} has no tokenizer.json: re-export the model folder")
-        return cls(_HFTokenizer.from_file(str(path)))
+        try:
+            backend = _HFTokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for any unreadable file
+            raise ModelFolderError(
+                f"{path} is not a readable tokenizer ({first_line(err)}): "
+                "re-export the model folder"
+            ) from None
+        check_tokenizer_vocabulary(backend.get_vocab_size(with_added_tokens=True), folder)
+        return cls(backend)
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
