@@ -19,6 +19,7 @@ from ortgen.errors import (
     ExportError,
     InputError,
     InvalidOptionError,
+    ModelFolderError,
     OrtgenError,
     OrtgenWarning,
 )
@@ -46,6 +47,8 @@ class _OneLineErrors(TyperGroup):
             _fail(f"{_message(err)}{hint}", getattr(err, "exit_code", EXIT_USAGE))
         except InvalidOptionError as err:  # an option value out of range: the command line
             _fail(flag_names(str(err)), EXIT_USAGE)
+        except ModelFolderError as err:  # names a file's keys, which are not flags
+            _fail(str(err), EXIT_ERROR)
         except OrtgenError as err:
             _fail(flag_names(str(err)), EXIT_ERROR)
         except (typer.Abort, KeyboardInterrupt):
