@@ -22,6 +22,7 @@ from ortgen.errors import (
     ModelFolderError,
     OrtgenError,
     OrtgenWarning,
+    first_line,
 )
 
 EXIT_ERROR = 1  # the request could not be carried out
@@ -59,8 +60,8 @@ class _OneLineErrors(TyperGroup):
             if os.environ.get("ORTGEN_DEBUG"):
                 raise
             _fail(
-                f"internal error ({type(err).__name__}: {err}); rerun with ORTGEN_DEBUG=1 for "
-                "the traceback and report it",
+                f"internal error ({type(err).__name__}: {first_line(err)}); rerun with "
+                "ORTGEN_DEBUG=1 for the traceback and report it",
                 EXIT_ERROR,
             )
         if code == 130:  # typer turns KeyboardInterrupt (Ctrl-C, SIGTERM in export) into 130

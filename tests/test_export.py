@@ -77,6 +77,7 @@ def test_existing_output_is_refused_without_force(checkpoints, exported):
 def test_force_replaces_the_folder(checkpoints, tmp_path):
     out = tmp_path / "model"
     out.mkdir()
+    (out / "ortgen.json").write_text("{}")  # an earlier model folder: --force may replace it
     (out / "stale.txt").write_text("old")
     export_model(str(checkpoints["gpt2"]), out, force=True)
     assert not (out / "stale.txt").exists() and (out / "ortgen.json").is_file()
