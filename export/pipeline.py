@@ -33,7 +33,7 @@ class ExportOptions:
     """What `ortgen export` builds."""
 
     precision: str = "fp32"  # fp32, fp16 (for CUDA), int8 or int4 (int8 compute on CPU)
-    block_size: int | None = None  # weights per scale along K: default 32 (int4), 128 (int8 head)
+    block_size: int | None = None  # weights per scale along K: default 32 (int4), 128 (int8)
     accuracy_level: int = 4  # int8 / int4: MatMulNBits compute type (4: int8 activations)
     optimize: bool = True  # run operator fusion (SkipLayerNormalization, FastGelu, …)
     allow_partial: bool = False  # accept a quantized model with some linear layers left float

@@ -1,7 +1,9 @@
-"""Quantization of every linear layer, the LM head included. int8: per-output-channel symmetric
-weights in `DynamicQuantizeMatMul` (int8 GEMM, VNNI). int4: symmetric blocks along K in
-`MatMulNBits` (int8 compute on CPU). Embedding tables become `GatherBlockQuantized`; a tied
-embedding shares the LM head's block-packed bytes (8 or 4 bits), so it is stored once."""
+"""Quantization of every linear layer, the LM head included, as symmetric blocks along K in
+`MatMulNBits` (8 or 4 bits; int8 compute on CPU). Activations are quantized per row and block, so
+a row's result never depends on the rows batched with it. Embedding tables become
+`GatherBlockQuantized`; a tied embedding shares the LM head's packed bytes, so it is stored once.
+(`per_tensor_activations` keeps the older int8 format, `DynamicQuantizeMatMul`: faster prefill
+GEMMs, but one activation scale per batch — batch-variant; for measurements only.)"""
 
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ class QuantConfig:
     bits: int  # 8 or 4
     block_size: int = 32  # weights per scale along K: a power of two ≥ 16
     accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 activations (VNNI), 0 = as A
+    # int8 only: DynamicQuantizeMatMul, one activation scale for the whole [B, T, D] input — a
+    # row's result then depends on its batch neighbours (FIELD trap 16). Off: MatMulNBits, whose
+    # activations are quantized per row and block, so every row is computed on its own.
+    per_tensor_activations: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -77,7 +83,7 @@ def quantize(model: onnx.ModelProto, config: QuantConfig) -> QuantReport:
     done = 0
     for node in linear:
         rows = _weight_rows(node, inits)()
-        if config.bits == 8 and node.input[1] not in gathered:
+        if config.bits == 8 and config.per_tensor_activations and node.input[1] not in gathered:
             done += _replace_per_channel(graph, node, rows)
         else:
             done += _replace_blocks(graph, node, rows, config, packed)

@@ -106,3 +106,35 @@ def test_bundled_default_model_generates_without_torch():
     assert result.returncode == 0, result.stderr
     text = json.loads(result.stdout)[0]["generated_text"]
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time") + 20
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_batch_is_invariant_on_trained_weights(arch, precision, trained, held_out):
+    """Width 256: the real quantized kernels' paths (the tiny test models are narrower). Ten
+    held-out prompts, greedy and seeded sampling: batched = alone, token for token."""
+    generator = trained[arch, precision]
+    docs = [d for d in held_out.split("\n\n") if len(d) > 80][:10]
+    prompts = [generator.encode(d)[: 8 + 5 * i] for i, d in enumerate(docs)]
+    for sampling in (False, True):
+        options = dict(max_new_tokens=32, ignore_eos=True, do_sample=sampling, seed=3)
+        batch = generator.generate_ids(prompts, **options)
+        assert batch == [generator.generate_ids(p, **options) for p in prompts]
+        assert batch[3:6] == generator.generate_ids(prompts[3:6], **options)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_decode_logits_are_bit_identical_alone_and_batched(arch, precision, trained):
+    """The kernels' row paths: a row's logits in a batch of 3 (odd: a lone-row kernel could
+    take one of them) equal its logits alone, exactly."""
+    model = trained[arch, precision].model
+    prompts = [[11, 12, 13], list(range(40, 71)), [7] * 9]
+    alone = []
+    for prompt in prompts:
+        state = DecodeState.for_model(model)
+        state.prefill([prompt])
+        alone.append(state.step(np.asarray([5]))[0])
+    state = DecodeState.for_model(model)
+    state.prefill(prompts)
+    batched = state.step(np.asarray([5, 5, 5]))
+    for row, logits in enumerate(alone):
+        assert np.array_equal(batched[row], logits), (row, np.abs(batched[row] - logits).max())
