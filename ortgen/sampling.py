@@ -21,7 +21,7 @@ def greedy(logits: np.ndarray) -> np.ndarray:
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64; -inf scores get probability 0. scores: [B, V]."""
+    """Row-wise softmax (in the scores' dtype); -inf scores get probability 0. scores: [B, V]."""
     shifted = scores - np.max(scores, axis=-1, keepdims=True)
     weights = np.exp(shifted)
     return weights / weights.sum(axis=-1, keepdims=True)
@@ -52,8 +52,9 @@ def apply_top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
 def logits_to_probs(
     logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
 ) -> np.ndarray:
-    """Sampling distribution per row. logits: [B, V] → probs [B, V] float64, rows summing to 1."""
-    scores = logits.astype(np.float64) / temperature
+    """Sampling distribution per row. logits: [B, V] → probs [B, V] float32 (as transformers
+    computes it), rows summing to 1."""
+    scores = logits.astype(np.float32) / np.float32(temperature)
     scores = apply_top_k(scores, top_k)
     return apply_top_p(softmax(scores), top_p)
 
@@ -85,7 +86,7 @@ def support(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ids the warped distribution keeps (ascending) and their probabilities, equal to the
     non-zero entries of `logits_to_probs` for this row. logits: [V]."""
-    scores = logits.astype(np.float64) / temperature  # [V]
+    scores = logits.astype(np.float32) / np.float32(temperature)  # [V]
     vocab = scores.shape[0]
     top = scores.max()
     if top_k and top_k < vocab:
@@ -99,11 +100,21 @@ def support(
     probs = weights / total
     if top_p >= 1.0:
         return ids, probs
-    order = np.argsort(-probs, kind="stable")  # most likely first, ties by id as a full sort
-    mass_before = np.cumsum(probs[order]) - probs[order]
-    keep = np.sort(order[mass_before < top_p])
+    keep = _nucleus(probs, top_p)
     kept = probs[keep]
     return ids[keep], kept / kept.sum()
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Positions (ascending) `apply_top_p` keeps, without its stable argsort: sorted values give
+    the same running mass whatever the order among equal values, so the kept count k and the
+    k-th value v decide; of the ids equal to v, a stable sort keeps the lowest first."""
+    ranked = np.sort(probs)[::-1]  # most likely first
+    kept = int(np.count_nonzero(np.cumsum(ranked) - ranked < top_p))
+    last = ranked[kept - 1]
+    above = np.flatnonzero(probs > last)
+    ties = np.flatnonzero(probs == last)[: kept - len(above)]
+    return np.sort(np.concatenate([above, ties]))
 
 
 def _kth_largest(scores: np.ndarray, k: int, top: float) -> float:
