@@ -7,7 +7,7 @@ DEMO   := demo-model
 
 PEERS  := bench/.venv
 
-.PHONY: install test demo train default-model lint format bench bench-setup clean
+.PHONY: install test test-runtime demo train default-model lint format bench bench-setup clean
 
 install: $(STAMP)
 
@@ -21,6 +21,17 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The runtime tier alone in an environment with ortgen[cpu,test] only (no torch, transformers or
+# onnx): proves the runtime install is enough. CI runs it after the full suite.
+RUNTIME := .venv-runtime
+test-runtime:
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install --quiet --upgrade pip
+	$(RUNTIME)/bin/pip install --quiet -e '.[cpu,test]'
+	$(RUNTIME)/bin/python -c "import importlib.util as u, sys; \
+		sys.exit(' '.join(m for m in ('torch', 'transformers', 'onnx') if u.find_spec(m)) or None)"
+	$(RUNTIME)/bin/python -m pytest -q tests/runtime
 
 # Exports the committed trained GPT-2 checkpoint (int8, parity-checked), streams text, tokens/s.
 demo: $(STAMP)
@@ -56,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.batching --rounds 5
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(DEMO) $(DEMO)-checkpoint bench/work .pytest_cache
+	rm -rf $(VENV) $(RUNTIME) $(PEERS) $(DEMO) $(DEMO)-checkpoint bench/work .pytest_cache

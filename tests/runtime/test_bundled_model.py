@@ -1,0 +1,99 @@
+"""The bundled default model through the runtime alone: golden tokens (a regression guard, as
+onnxruntime-genai keeps them — parity with transformers is proven in the export tier), batch
+invariance of greedy and seeded sampling, rows joining and leaving a running decode state, the
+portable and in-place graphs agreeing, streaming, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ortgen.cli import app
+from ortgen.decode_state import DecodeState, SlotCache
+
+# Greedy continuations (24 tokens, no penalties) recorded from this export of
+# training/checkpoints/gpt2 (int8) with onnxruntime 1.32; re-record after `make default-model`.
+GOLDEN = {
+    "The built-in function": [288, 259, 457, 288, 259, 457, 199, 389, 457, 288, 259, 457]
+    + [404, 14, 221, 427, 457, 288, 259, 457, 288, 259, 457, 404],
+    "class": [63, 1746, 743, 452, 14, 0, 257, 2016, 295, 756, 264, 456]
+    + [404, 14, 0, 257, 2016, 295, 756, 264, 456, 404, 14, 0],
+}
+PURE_GREEDY = dict(do_sample=False, repetition_penalty=1.0, min_new_tokens=0, ignore_eos=True)
+PROMPTS = [
+    "Return a new list",
+    "The built-in function",
+    "If the value is None, the default encoding",
+    "class",
+    "This module provides access to some objects used or maintained by the interpreter",
+]
+
+
+def test_bundled_model_is_int8_on_the_in_place_graph(bundled):
+    assert bundled.manifest.precision == "int8" and bundled.manifest.inplace
+    assert isinstance(DecodeState.for_model(bundled.model), SlotCache)
+
+
+@pytest.mark.parametrize("prompt", sorted(GOLDEN))
+def test_golden_greedy_tokens(bundled, prompt):
+    ids = bundled.generate_ids(bundled.encode(prompt), max_new_tokens=24, **PURE_GREEDY)
+    assert ids == GOLDEN[prompt]
+
+
+@pytest.mark.parametrize(
+    "options", [PURE_GREEDY, dict(do_sample=True, seed=5)], ids=["greedy", "seeded"]
+)
+def test_batch_equals_each_prompt_alone(bundled, options):
+    ids = [bundled.encode(p) for p in PROMPTS]
+    batch = bundled.generate_ids(ids, max_new_tokens=20, **options)
+    assert batch == [bundled.generate_ids(p, max_new_tokens=20, **options) for p in ids]
+    texts = bundled.generate(PROMPTS[:3], max_new_tokens=20, **options)
+    assert texts == [bundled.generate(p, max_new_tokens=20, **options) for p in PROMPTS[:3]]
+
+
+def test_rows_joining_a_running_batch_see_exactly_what_they_see_alone(bundled):
+    prompts = [bundled.encode(p) for p in PROMPTS]
+    alone = []  # per prompt: prefill logits, then logits after feeding token 7
+    for prompt in prompts:
+        state = DecodeState.for_model(bundled.model)
+        alone.append([state.prefill([prompt])[0], state.step(np.asarray([7]))[0]])
+    state = DecodeState.for_model(bundled.model)
+    state.prefill(prompts[:2])  # two rows decode a token …
+    state.step(np.asarray([7, 7]))
+    late = state.prefill(prompts[2:])  # … three join …
+    state.keep([1, 2, 3, 4])  # … the first leaves; the rest step together
+    logits = state.step(np.asarray([3, 7, 7, 7]))
+    for row, i in enumerate([2, 3, 4]):
+        assert np.array_equal(late[row], alone[i][0])
+        assert np.array_equal(logits[row + 1], alone[i][1])
+
+
+def test_portable_and_in_place_graphs_agree(bundled):
+    from ortgen import Generator
+
+    portable = Generator.from_dir(graph="portable", threads=2)
+    ids = bundled.encode(PROMPTS[4])
+    a = DecodeState.for_model(portable.model).prefill([ids], all_logits=True)
+    b = DecodeState.for_model(bundled.model).prefill([ids], all_logits=True)
+    # Same weights; the attention kernels round differently, and int8 activation quantization can
+    # turn an ulp into a step of its grid: close, the same top-1 at nearly every position.
+    assert np.abs(a - b).max() < 0.05
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+
+
+def test_stream_joins_to_generate(bundled):
+    options = dict(max_new_tokens=30, do_sample=True, seed=2)
+    pieces = list(bundled.stream(PROMPTS[0], **options))
+    assert len(pieces) > 1 and "".join(pieces) == bundled.generate(PROMPTS[0], **options)
+
+
+def test_cli_generates_with_the_bundled_model():
+    result = CliRunner().invoke(
+        app, ["generate", "class", "--greedy", "--json", "--max-new-tokens", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    [record] = json.loads(next(ln for ln in result.output.splitlines() if ln.startswith("[")))
+    assert record["generated_text"].startswith("class") and len(record["generated_text"]) > 5
