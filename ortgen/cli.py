@@ -421,6 +421,34 @@ def bench(
     )
 
 
+@app.command()
+def serve(
+    model: ModelDir = None,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Rows decoded together at most.")] = 16,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting at most; beyond it HTTP 429.")
+    ] = 64,
+    threads: Threads = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds a request may take, queue included.")
+    ] = None,
+) -> None:
+    """Serve the model over HTTP: OpenAI-style /v1/completions, /generate, /health, /metrics."""
+    try:
+        from ortgen.server import serve as run_server
+    except ImportError as err:
+        raise OrtgenError(
+            f"serving needs its extra ({err.name or err} is missing): pip install 'ortgen[serve]'"
+        ) from None
+    from ortgen.engine import EngineLimits
+
+    run_server(model, host, port, EngineLimits(max_batch, max_queue, timeout), threads)
+
+
 def print_jsonl(prompts: list[str], results: list) -> None:
     """One line per returned sequence: prompt, sequence index, prompt + continuation."""
     for text, result in zip(prompts, results, strict=True):

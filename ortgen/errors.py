@@ -40,6 +40,22 @@ class InputError(OrtgenError):
     """A prompt or prompts file cannot be used as given (bad bytes, wrong JSON types)."""
 
 
+class OverloadedError(OrtgenError):
+    """The serving engine's queue is full (or it is shutting down): retry later (HTTP 429)."""
+
+
+class EngineClosedError(OverloadedError):
+    """The serving engine is shutting down and takes no new requests (HTTP 503)."""
+
+
+class RequestTimeoutError(OrtgenError):
+    """A request took longer than the engine's per-request timeout (HTTP 504)."""
+
+
+class RequestCancelledError(OrtgenError):
+    """A request was cancelled before it finished (its caller stopped waiting)."""
+
+
 class OrtgenWarning(UserWarning):
     """Something the user asked for was adjusted or ignored (the CLI shows it once on stderr)."""
 

@@ -1,0 +1,376 @@
+"""The serving engine: many concurrent requests on one model by continuous batching. One worker
+thread owns one decode state; requests join it at the next step and leave it the step they finish,
+are cancelled or time out. Callable from threads (`Engine`) and from asyncio (`Engine.aio`)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ortgen.decode_state import DecodeState
+from ortgen.errors import (
+    EngineClosedError,
+    InvalidOptionError,
+    OverloadedError,
+    RequestCancelledError,
+    RequestTimeoutError,
+)
+from ortgen.generator import Generator
+from ortgen.metrics import EngineMetrics
+from ortgen.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """How much the engine takes on at once."""
+
+    max_batch: int = 16  # rows (returned sequences) decoded together at most
+    max_queue: int = 64  # requests waiting for rows at most; beyond it submit raises Overloaded
+    timeout: float | None = None  # seconds a request may take, queue included; None: no limit
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise InvalidOptionError(f"max_batch must be ≥ 1, got {self.max_batch}")
+        if self.max_queue < 1:
+            raise InvalidOptionError(f"max_queue must be ≥ 1, got {self.max_queue}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidOptionError(f"timeout must be > 0 seconds, got {self.timeout}")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text one of a request's sequences decided since its previous piece."""
+
+    index: int  # which returned sequence (0 … num_return_sequences - 1)
+    text: str  # may be "" on a sequence's last piece
+    finish_reason: str | None = None  # "stop" | "length" on the sequence's last piece
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str  # the continuation (prompt not included)
+    ids: list[int]  # generated ids, EOS included when reached
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_ids: list[int]  # the prompt as generated from (after truncate_prompt)
+    choices: list[Choice]  # one per returned sequence
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+
+_END = object()  # delivered after a request's last piece
+
+
+@dataclass(eq=False)
+class Request:
+    """A submitted prompt: its sequences (one row each), deadline, and the channel its pieces
+    reach the caller by. Iterate it (threads) or `async for` it (asyncio) for `Piece`s."""
+
+    sequences: list[Sequence]
+    deadline: float | None  # time.monotonic() after which it fails with RequestTimeoutError
+    deliver: Callable[[Any], None]  # called by the worker: a Piece, an exception, or _END
+    submitted: float = field(default_factory=time.monotonic)
+    last_token: float | None = None  # when its latest token was pushed (metrics)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+    _inbox: Any = None  # queue.SimpleQueue (threads) or asyncio.Queue (asyncio)
+
+    def cancel(self) -> None:
+        """Stop generating: the worker frees its rows before the next decode step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.sequences[0].prompt
+
+    def __iter__(self) -> Iterator[Piece]:
+        while (item := self._inbox.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def __aiter__(self) -> AsyncIterator[Piece]:
+        try:
+            while (item := await self._inbox.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # the caller stopped listening (disconnect, task.cancel()): free the rows
+            self.cancel()
+
+    def completion(self) -> Completion:
+        """The result once every piece has been read."""
+        choices = [Choice(s.text, list(s.ids), s.finish_reason) for s in self.sequences]
+        return Completion(self.prompt_ids, choices)
+
+    def result(self) -> Completion:
+        """Wait for the end (threads) and return the result."""
+        for _ in self:
+            pass
+        return self.completion()
+
+
+class Engine:
+    """Continuous batching over one `Generator`. Thread-safe: any thread may `submit`, `generate`
+    or `stream`; one worker thread (started on first use) runs every request's rows together.
+    A request's tokens depend on its prompt, options and seed only, never on its neighbours."""
+
+    def __init__(self, generator: Generator, limits: EngineLimits | None = None) -> None:
+        self.generator = generator
+        self.limits = limits or EngineLimits()
+        self.metrics = EngineMetrics()
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._running: list[Request] = []  # requests with rows in the decode state (worker's)
+        self._worker: threading.Thread | None = None
+        self.aio = AsyncEngine(self)
+
+    # ---- threads ----------------------------------------------------------------------------
+
+    def submit(self, prompt: str | list[int], **options: Any) -> Request:
+        """Queue a prompt (text or ids) with `generate` options. Raises InvalidOptionError /
+        ContextLengthError at once, OverloadedError when the queue is full."""
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        return self._enqueue(prompt, options, inbox, inbox.put)
+
+    def generate(self, prompt: str | list[int], **options: Any) -> Completion:
+        return self.submit(prompt, **options).result()
+
+    def stream(self, prompt: str | list[int], **options: Any) -> Iterator[str]:
+        """Text pieces of one sequence as they are decided; closing the iterator cancels it."""
+        request = self.submit(prompt, **_one_sequence(options))
+        try:
+            for piece in request:
+                if piece.text:
+                    yield piece.text
+        finally:
+            request.cancel()
+
+    def close(self, cancel: bool = False) -> None:
+        """Refuse new requests; finish (or with `cancel`, cancel) the others; stop the worker."""
+        with self._wake:
+            self._closing = True
+            requests = list(self._waiting) + list(self._running) if cancel else []
+            self._wake.notify()
+        for request in requests:
+            request.cancel()
+        if self._worker is not None:
+            self._worker.join()
+
+    # ---- the queue --------------------------------------------------------------------------
+
+    def _enqueue(self, prompt, options: dict, inbox, deliver: Callable) -> Request:
+        generator = self.generator
+        ids = generator.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        opts = generator.options(**options)
+        opts.check_vocabulary(generator.manifest.vocab_size)
+        if opts.num_return_sequences > self.limits.max_batch:
+            raise InvalidOptionError(
+                f"num_return_sequences {opts.num_return_sequences} exceeds the engine's "
+                f"max_batch {self.limits.max_batch}: ask for fewer sequences"
+            )
+        sequences = generator.sequences([ids], opts, text=True)
+        timeout = self.limits.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request = Request(sequences, deadline, deliver, _inbox=inbox)
+        with self._wake:
+            if self._closing:
+                raise EngineClosedError("the engine is shutting down: send the request elsewhere")
+            if len(self._waiting) >= self.limits.max_queue:
+                self.metrics.refused()
+                raise OverloadedError(
+                    f"{len(self._waiting)} requests are already waiting (max_queue "
+                    f"{self.limits.max_queue}): retry later"
+                )
+            self._waiting.append(request)
+            self.metrics.queue_depth.set(len(self._waiting))
+            self._start_worker()
+            self._wake.notify()
+        return request
+
+    def _start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._serve, name="ortgen-engine", daemon=True)
+            self._worker.start()
+
+    def _admit(self, rows_used: int, idle: bool) -> list[Request] | None:
+        """Requests that fit in the free rows, in arrival order; waits while idle and nothing
+        is queued. None: closing and nothing left to do."""
+        with self._wake:
+            while idle and not self._waiting and not self._closing:
+                self._wake.wait()
+            if idle and not self._waiting:
+                return None
+            admitted, free = [], self.limits.max_batch - rows_used
+            while self._waiting:
+                head = self._waiting[0]
+                if head.cancelled or _expired(head):
+                    self._finish(self._waiting.popleft())
+                    continue
+                if len(head.sequences) > free:
+                    break
+                admitted.append(self._waiting.popleft())
+                free -= len(head.sequences)
+            self.metrics.queue_depth.set(len(self._waiting))
+            return admitted
+
+    # ---- the worker -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """The worker: decode until closed, recovering from a failed step by failing its rows."""
+        while True:
+            try:
+                if not self._decode():
+                    return
+            except Exception as err:  # a bug or a runtime failure: never hang the callers
+                for request in self._running:
+                    request.deliver(err)
+                self._running = []
+                self.metrics.batch_rows.set(0)
+
+    def _decode(self) -> bool:
+        """Run batches until idle and closed (→ False). Rows are (request, sequence) pairs in
+        decode-state order."""
+        state = DecodeState.for_model(self.generator.model)
+        rows: list[tuple[Request, Sequence]] = []
+        logits = np.zeros((0, self.generator.manifest.vocab_size), np.float32)  # [rows, V]
+        self._running = []
+        while True:
+            admitted = self._admit(len(rows), idle=not rows)
+            if admitted is None:
+                return False
+            for request in admitted:  # prefilled one by one: a cancel is seen between them
+                if request.cancelled or _expired(request):
+                    self._finish(request)
+                    continue
+                self._running.append(request)  # before the prefill: a failure reaches it
+                first = state.prefill([s.prompt for s in request.sequences])  # [n, V]
+                logits = np.concatenate([logits, first])
+                rows += [(request, s) for s in request.sequences]
+            tokens = self._advance(rows, logits)
+            going = [r for r, (req, seq) in enumerate(rows) if _alive(req, seq)]
+            if len(going) < len(rows):
+                state.keep(going)
+                rows, tokens = [rows[r] for r in going], [tokens[r] for r in going]
+                self.metrics.batch_rows.set(len(rows))  # before the callers hear of it
+                self._retire()
+            self.metrics.batch_rows.set(len(rows))
+            if rows:
+                self.metrics.step_rows.observe(len(rows))
+                logits = state.step(np.asarray(tokens, dtype=np.int64))  # [rows, V]
+            else:
+                logits = logits[:0]
+
+    def _advance(self, rows: list[tuple[Request, Sequence]], logits: np.ndarray) -> list[int]:
+        """Every row chooses and pushes its next token; new text goes to its caller."""
+        now = time.monotonic()
+        tokens, counts = [], collections.Counter()
+        for (request, sequence), row in zip(rows, logits, strict=True):
+            if request.cancelled or _expired(request):  # leaves below, before the next step
+                tokens.append(0)
+                continue
+            token = sequence.choose(row)
+            sequence.push(token)
+            tokens.append(token)
+            counts[request] += 1
+            if sequence.done:
+                sequence.close()
+            text = sequence.take()
+            reason = sequence.finish_reason if sequence.done else None
+            if text or reason:
+                request.deliver(Piece(request.sequences.index(sequence), text, reason))
+        for request, count in counts.items():
+            self.metrics.step(request, count, now)
+        return tokens
+
+    def _retire(self) -> None:
+        """Requests with no row left leave `_running` and hear how they ended."""
+        still = []
+        for request in self._running:
+            if all(s.done for s in request.sequences) or request.cancelled or _expired(request):
+                self._finish(request)
+            else:
+                still.append(request)
+        self._running = still
+
+    def _finish(self, request: Request) -> None:
+        if all(s.done for s in request.sequences):
+            self.metrics.ended("finished")
+            request.deliver(_END)
+        elif request.cancelled:
+            self.metrics.ended("cancelled")
+            request.deliver(RequestCancelledError("the request was cancelled"))
+        else:
+            self.metrics.ended("timeout")
+            request.deliver(
+                RequestTimeoutError(
+                    f"the request took more than {self.limits.timeout} s: ask for fewer "
+                    "tokens or retry when the server is less busy"
+                )
+            )
+
+
+def _alive(request: Request, sequence: Sequence) -> bool:
+    return not (sequence.done or request.cancelled or _expired(request))
+
+
+def _expired(request: Request) -> bool:
+    return request.deadline is not None and time.monotonic() > request.deadline
+
+
+def _one_sequence(options: dict) -> dict:
+    if (options.get("num_return_sequences") or 1) != 1:
+        raise InvalidOptionError("stream() produces one sequence: use num_return_sequences=1")
+    return options
+
+
+class AsyncEngine:
+    """The engine for asyncio: `await engine.aio.generate(...)`, `async for piece in
+    engine.aio.stream(...)`. Awaiting never blocks the event loop; cancelling the awaiting task
+    frees the request's rows within one decode step."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def submit(self, prompt: str | list[int], **options: Any) -> Request:
+        """As `Engine.submit`; iterate the request with `async for`."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def deliver(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                request.cancel()
+
+        request = self.engine._enqueue(prompt, options, inbox, deliver)
+        return request
+
+    async def generate(self, prompt: str | list[int], **options: Any) -> Completion:
+        request = self.submit(prompt, **options)
+        async for _ in request:
+            pass
+        return request.completion()
+
+    async def stream(self, prompt: str | list[int], **options: Any) -> AsyncIterator[str]:
+        request = self.submit(prompt, **_one_sequence(options))
+        async for piece in request:
+            if piece.text:
+                yield piece.text
