@@ -7,7 +7,7 @@ DEMO   := demo-model
 
 PEERS  := bench/.venv
 
-.PHONY: install test test-runtime demo train default-model lint format bench bench-setup clean
+.PHONY: install test test-runtime demo train default-model lint format bench bench-setup bench-setup-server clean
 
 install: $(STAMP)
 
@@ -54,16 +54,58 @@ format: $(STAMP)
 	$(BIN)/ruff format ortgen export tests bench examples training
 	$(BIN)/ruff check --fix ortgen export tests bench examples training
 
-# The peers (transformers PyTorch, optimum, CTranslate2) live in their own environment, never in
-# the test install.
-bench-setup: $(STAMP)
+# The peers (transformers PyTorch, optimum, CTranslate2, llama.cpp) live in their own environment,
+# never in the test install. llama.cpp comes from the llama-cpp-python source distribution (PyPI),
+# compiled for this CPU; its vendored llama.cpp also gives convert_hf_to_gguf.py and llama-server.
+LLAMA_CPP    := 0.3.36
+SDIST        := bench/work/sdist/llama_cpp_python-$(LLAMA_CPP).tar.gz
+LLAMA_SRC    := bench/work/llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp
+LLAMA_SERVER := bench/work/llama-server/bin/llama-server
+# Native build without AMX: its int8 kernels segfault on prompts (ggml_backend_amx_mul_mat) on this
+# machine's Xeon. Explicit -mno flags win over -march=native; on CPUs without AMX they change nothing.
+NO_AMX       := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_ENV    := CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" CMAKE_ARGS="-DGGML_NATIVE=ON"
+
+bench-setup: $(PEERS)/.installed $(PEERS)/.llama-cpp-$(LLAMA_CPP) $(LLAMA_SERVER)
+
+$(PEERS)/.installed: | $(STAMP)
 	$(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install --quiet --upgrade pip
 	$(PEERS)/bin/pip install --quiet torch==2.13.0
-	$(PEERS)/bin/pip install --quiet 'transformers>=4.45,<4.58' optimum-onnx onnxruntime ctranslate2
+	$(PEERS)/bin/pip install --quiet 'transformers>=4.45,<4.58' optimum-onnx onnxruntime ctranslate2 \
+		sentencepiece 'protobuf<5'
+	touch $@
 
+$(SDIST): | $(STAMP)
+	$(BIN)/pip download --quiet --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP) \
+		-d $(dir $@)
+
+$(LLAMA_SRC)/convert_hf_to_gguf.py: $(SDIST)
+	tar -xzf $(SDIST) -C bench/work
+	touch $@
+
+# Several minutes on 2 cores: the whole of llama.cpp is compiled.
+$(PEERS)/.llama-cpp-$(LLAMA_CPP): $(PEERS)/.installed $(SDIST) $(LLAMA_SRC)/convert_hf_to_gguf.py
+	$(PEERS)/bin/pip uninstall --quiet --yes llama-cpp-python
+	$(LLAMA_ENV) $(PEERS)/bin/pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
+		$(SDIST)
+	$(PEERS)/bin/pip install --quiet $(LLAMA_SRC)/gguf-py
+	touch $@
+
+# llama.cpp's own server (continuous batching), the serving peer; not llama_cpp.server.
+bench-setup-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): $(LLAMA_SRC)/convert_hf_to_gguf.py
+	$(LLAMA_ENV) cmake -S $(LLAMA_SRC) -B bench/work/llama-server -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+	cmake --build bench/work/llama-server --target llama-server -j 2
+	$@ --help > /dev/null
+
+# A partial run: make bench BENCH_ARGS="--rounds 1 --arch gpt2 --systems ortgen-int8 llamacpp-q8_0"
+BENCH_ARGS ?= --rounds 5
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --rounds 5
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.batching --rounds 5
 
 clean:

@@ -1,20 +1,36 @@
 """One measurement in a fresh process: `python -m bench.measure SYSTEM PATH WORKLOAD` prints one
 JSON line {value, unit, load_s, peak_rss_mb}. Each system imports only its own runtime, so it can
-run in the environment that has it (ortgen: the project's; peers: bench/.venv)."""
+run in the environment that has it (ortgen: the project's; peers: bench/.venv).
+`python -m bench.measure probe - bw` is the read-bandwidth probe (GB/s)."""
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
 THREADS = 2
-W1 = dict(batch=1, prompt=16, new=128)  # decode tokens/s
+NUCLEUS = dict(top_p=0.9, temperature=0.8)  # W5: top-k off, no min-p, no repetition penalty
+W1 = dict(batch=1, prompt=16, new=128)  # tokens/s, prefill included
 W2 = dict(batch=1, prompt=512, new=1)  # time to first token, ms
 W3 = dict(batch=8, prompt=16, new=64)  # total tokens/s
-WORKLOADS = {"w1": W1, "w2": W2, "w3": W3, "w3seq": W3}  # w3seq: W3's prompts one at a time
+W4 = dict(batch=1, prompt=512, new=256)  # decode tokens/s late in a long context, prefill excluded
+W5 = dict(batch=1, prompt=16, new=128, sampling=NUCLEUS)  # tokens/s, prefill included
+PASTS = (16, 128, 512, 900)  # scaling table: one decode step's time after a prompt this long
+STEPS = 32  # decode steps timed per past length (median)
+WORKLOADS = {
+    "w1": W1,
+    "w2": W2,
+    "w3": W3,
+    "w3seq": W3,  # W3's prompts one at a time
+    "w4": W4,
+    "w5": W5,
+    **{f"past{p}": dict(batch=1, prompt=p, new=STEPS + 1) for p in PASTS},
+}
+SEED = 0
 
 
 def prompts(batch: int, length: int) -> list[list[int]]:
@@ -28,9 +44,68 @@ class Ortgen:
 
         self.generator = Generator.from_dir(path, threads=THREADS)
 
-    def run(self, batch: list[list[int]], new: int) -> int:
-        out = self.generator.generate_ids(batch, max_new_tokens=new, ignore_eos=True)
+    def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
+        options = dict(top_k=0, seed=SEED, **sampling) if sampling else {}
+        out = self.generator.generate_ids(
+            batch,
+            max_new_tokens=new,
+            do_sample=bool(sampling),
+            repetition_penalty=1.0,
+            ignore_eos=True,
+            **options,
+        )
         return sum(map(len, out))
+
+    def step_ms(self, past: int) -> float:
+        from ortgen.benchmark import measure
+
+        speed = measure(self.generator, prompt_tokens=past, new_tokens=STEPS + 1, rounds=1)
+        return speed.token_latency_ms["p50"]
+
+
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python: token ids in, its own C++ samplers."""
+
+    def __init__(self, path: str) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=path,
+            n_threads=THREADS,
+            n_threads_batch=THREADS,
+            n_batch=512,
+            n_ctx=1024,
+            seed=SEED,
+            verbose=False,
+        )
+
+    def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
+        if sampling:
+            options = dict(top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0)
+            options.update(top_p=sampling["top_p"], temp=sampling["temperature"])
+        else:
+            options = dict(temp=0.0)  # its greedy sampler
+        produced = 0
+        for row in batch:  # no batch API: one prompt at a time
+            self.llm.reset()  # or it reuses a matching prompt prefix (FIELD.md trap 17)
+            count = 0
+            for count, _ in enumerate(self.llm.generate(row, **options), 1):
+                if count == new:
+                    break
+            produced += count
+        return produced
+
+    def step_ms(self, past: int) -> float:
+        """Median time of one greedy decode step (eval of one token + its greedy pick)."""
+        self.llm.reset()
+        self.llm.eval(prompts(1, past)[0])
+        token, steps = self.llm.sample(temp=0.0), []
+        for _ in range(STEPS):
+            start = time.perf_counter()
+            self.llm.eval([token])
+            token = self.llm.sample(temp=0.0)
+            steps.append(time.perf_counter() - start)
+        return statistics.median(steps) * 1e3
 
 
 class Torch:
@@ -42,13 +117,13 @@ class Torch:
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
 
-    def run(self, batch: list[list[int]], new: int) -> int:
+    def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
         from transformers import GenerationConfig
 
         ids = self.torch.tensor(batch)
-        config = GenerationConfig(
-            max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
-        )
+        options = dict(do_sample=True, top_k=0, **sampling) if sampling else dict(do_sample=False)
+        config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **options)
+        self.torch.manual_seed(SEED)
         with self.torch.inference_mode():
             out = self.model.generate(
                 ids, attention_mask=self.torch.ones_like(ids), generation_config=config
@@ -95,15 +170,20 @@ class CTranslate2:
         vocab = json.loads((Path(path) / "vocabulary.json").read_text())
         self.tokens = vocab
 
-    def run(self, batch: list[list[int]], new: int) -> int:
+    def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
         starts = [[self.tokens[i] for i in row] for row in batch]
+        if sampling:  # top-k 0: the full distribution
+            options = dict(sampling_topk=0, sampling_topp=sampling["top_p"])
+            options.update(sampling_temperature=sampling["temperature"])
+        else:
+            options = dict(sampling_topk=1)
         results = self.generator.generate_batch(
             starts,
             max_length=new,
             min_length=new,
-            sampling_topk=1,
             include_prompt_in_result=False,
             end_token=[],
+            **options,
         )
         return sum(len(r.sequences_ids[0]) for r in results)
 
@@ -111,6 +191,8 @@ class CTranslate2:
 def load(system: str, path: str):
     if system.startswith("ortgen"):
         return Ortgen(path)
+    if system.startswith("llamacpp"):
+        return LlamaCpp(path)
     if system == "torch":
         return Torch(path)
     if system == "optimum":
@@ -118,24 +200,59 @@ def load(system: str, path: str):
     return CTranslate2(path, compute_type=system.removeprefix("ct2-").replace("fp32", "float32"))
 
 
+def bandwidth(gib: int = 1, repeats: int = 5) -> float:
+    """Read bandwidth in GB/s with THREADS threads, each reducing its share of a `gib` GiB array
+    (numpy's reductions release the GIL; max is vector code cheap enough to wait on memory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    data = np.ones(gib * 2**30 // 4, dtype=np.float32)  # written once: every page resident
+    shares = np.array_split(data, THREADS)
+    best = float("inf")
+    with ThreadPoolExecutor(THREADS) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.maximum.reduce, shares))
+            best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
+
+
+def timed(runner, batch: list[list[int]], new: int, sampling: dict | None) -> float:
+    """Seconds for one generate call, after checking it produced every token asked for."""
+    start = time.perf_counter()
+    produced = runner.run(batch, new, sampling)
+    seconds = time.perf_counter() - start
+    if produced != len(batch) * new:
+        raise SystemExit(f"produced {produced} tokens, expected {len(batch) * new}")
+    return seconds
+
+
+def value_of(runner, workload: str, shape: dict) -> tuple[float, str]:
+    batch, new = prompts(shape["batch"], shape["prompt"]), shape["new"]
+    sampling = shape.get("sampling")
+    if workload.startswith("past"):
+        return runner.step_ms(shape["prompt"]), "ms"
+    if workload == "w2":
+        return timed(runner, batch, new, sampling) * 1e3, "ms"
+    if workload == "w4":  # prefill and first token timed apart, then subtracted: every system alike
+        first = timed(runner, batch, 1, sampling)
+        return len(batch) * (new - 1) / (timed(runner, batch, new, sampling) - first), "tok/s"
+    if workload == "w3seq":
+        return len(batch) * new / sum(timed(runner, [row], new, sampling) for row in batch), "tok/s"
+    return len(batch) * new / timed(runner, batch, new, sampling), "tok/s"
+
+
 def main(system: str, path: str, workload: str) -> None:
+    if system == "probe":
+        print(json.dumps({"value": bandwidth(), "unit": "GB/s", "load_s": 0, "peak_rss_mb": 0}))
+        return
     shape = WORKLOADS[workload]
     start = time.perf_counter()
     runner = load(system, path)
     load_s = time.perf_counter() - start
-    batch = prompts(shape["batch"], shape["prompt"])
-    runner.run(prompts(shape["batch"], 8), 4)  # warm-up: allocations, kernel selection
-    start = time.perf_counter()
-    if workload == "w3seq":
-        produced = sum(runner.run([row], shape["new"]) for row in batch)
-    else:
-        produced = runner.run(batch, shape["new"])
-    seconds = time.perf_counter() - start
-    if produced != shape["batch"] * shape["new"]:
-        raise SystemExit(
-            f"{system} produced {produced} tokens, expected {shape['batch'] * shape['new']}"
-        )
-    value, unit = (seconds * 1e3, "ms") if workload == "w2" else (produced / seconds, "tok/s")
+    runner.run(prompts(shape["batch"], 8), 4, shape.get("sampling"))  # warm-up
+    value, unit = value_of(runner, workload, shape)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"value": value, "unit": unit, "load_s": load_s, "peak_rss_mb": peak}))
 

@@ -1,0 +1,194 @@
+"""The bench report: one table per model, ratios to llama.cpp and CTranslate2, the bandwidth
+efficiency of int8 decode, the decode-step scaling table and the goals (issue 9 and earlier)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from bench.measure import STEPS
+from bench.prepare import PROBE, SCALED_SYSTEMS, SCALING, WORKLOAD_NAMES
+
+COLUMNS = ("W1 tok/s", "W2 TTFT ms", "W3 tok/s", "W4 tok/s", "W5 tok/s")
+HIGHER_IS_BETTER = {"w1": True, "w2": False, "w3": True, "w4": True, "w5": True}
+# (ortgen system, peer): the same bits in both, or CTranslate2's int8 for every precision
+PAIRS = (
+    ("ortgen-int8", "llamacpp-q8_0"),
+    ("ortgen-int4", "llamacpp-q4_0"),
+    ("ortgen-int8", "ct2-int8"),
+    ("ortgen-int4", "ct2-int8"),
+)
+
+
+def median(runs: list[dict]) -> float:
+    return statistics.median(r["value"] for r in runs)
+
+
+def cell(runs: list[dict] | None) -> str:
+    if not runs:
+        return "–"
+    values = [r["value"] for r in runs]
+    return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+
+
+def size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def all_runs(runs: dict) -> list[dict]:
+    return [r for results in runs.values() for r in results]
+
+
+def table(arch: str, systems: dict, results: dict) -> list[str]:
+    lines = [
+        f"\n### {arch}\n",
+        "| system | " + " | ".join(COLUMNS) + " | peak RSS MB | load s | disk MB |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
+    for system, runs in results.items():
+        if system == PROBE:
+            continue
+        rss = max(r["peak_rss_mb"] for r in all_runs(runs))
+        load = statistics.median(r["load_s"] for r in all_runs(runs))
+        cells = " | ".join(cell(runs.get(w)) for w in WORKLOAD_NAMES)
+        disk = size_mb(Path(systems[system]["path"]))
+        lines.append(f"| {system} | {cells} | {rss:.0f} | {load:.1f} | {disk:.0f} |")
+    return lines
+
+
+def ratio(results: dict, system: str, peer: str, workload: str) -> float | None:
+    mine, theirs = results.get(system, {}).get(workload), results.get(peer, {}).get(workload)
+    return median(mine) / median(theirs) if mine and theirs else None
+
+
+def ratios(results: dict) -> list[str]:
+    """ortgen ÷ peer per workload (W2 is a time: below 1 is better there)."""
+    pairs = [(s, p) for s, p in PAIRS if s in results and p in results]
+    if not pairs:
+        return []
+    lines = ["\n| ortgen ÷ peer | W1 | W2 (time) | W3 | W4 | W5 |", "|---|---|---|---|---|---|"]
+    for system, peer in pairs:
+        values = [ratio(results, system, peer, w) for w in WORKLOAD_NAMES]
+        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in values)
+        lines.append(f"| {system} ÷ {peer} | {cells} |")
+    return lines
+
+
+def weight_bytes_per_token(folder: Path) -> float:
+    """Bytes of weights one decode step reads: every initializer of model.onnx except the
+    position embedding, of which a step gathers one row (the token embedding is the tied LM
+    head's weight, read whole every step)."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+    total = 0
+    for tensor in graph.initializer:
+        if "wpe" in tensor.name or "position" in tensor.name:
+            continue
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        total += count * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return float(total)
+
+
+def bandwidth(systems: dict, results: dict) -> tuple[list[str], float | None]:
+    """The probe's GB/s and the share of it that ortgen int8's W1 weight streaming reaches."""
+    probe, w1 = results.get(PROBE, {}).get("bw"), results.get("ortgen-int8", {}).get("w1")
+    if not probe:
+        return [], None
+    gbps = median(probe)
+    lines = [f"\nRead-bandwidth probe (2 threads, same rounds): {cell(probe)} GB/s."]
+    if not w1:
+        return lines, None
+    per_token = weight_bytes_per_token(Path(systems["ortgen-int8"]["path"]))
+    streamed = median(w1) * per_token / 1e9
+    share = streamed / gbps
+    lines.append(
+        f"ortgen int8 W1: {median(w1):.0f} tok/s × {per_token / 1e6:.1f} MB of weights per "
+        f"token = {streamed:.1f} GB/s, {share:.0%} of the probe (bound: "
+        f"{gbps * 1e9 / per_token:.0f} tok/s)."
+    )
+    return lines, share
+
+
+def scaling(results: dict) -> tuple[list[str], float | None]:
+    """Decode step time (median) by past length; → lines, ortgen's past-900 ÷ past-16."""
+    systems = [s for s in SCALED_SYSTEMS if any(w in results.get(s, {}) for w in SCALING)]
+    if not systems:
+        return [], None
+    both = len(systems) == 2
+    lines = [
+        f"\nDecode step time, ms (median of {STEPS} steps; medians over rounds) by past length:\n",
+        "| past | " + " | ".join(systems) + (" | ortgen ÷ llama.cpp |" if both else " |"),
+        "|---" * (len(systems) + 1 + both) + "|",
+    ]
+    for workload in SCALING:
+        steps = [median(results[s][workload]) if workload in results[s] else None for s in systems]
+        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in steps)
+        if both:
+            cells += " | –" if None in steps else f" | {steps[0] / steps[1]:.2f}"
+        lines.append(f"| {workload.removeprefix('past')} | {cells} |")
+    ortgen = results.get("ortgen-int8", {})
+    flat = None
+    if SCALING[0] in ortgen and SCALING[-1] in ortgen:
+        flat = median(ortgen[SCALING[-1]]) / median(ortgen[SCALING[0]])
+    return lines, flat
+
+
+def goals(results: dict, share: float | None, flat: float | None) -> list[str]:
+    """Each goal as (text, measured, bound, at least?) where this run measured both sides."""
+    checks = []
+    for system, peer, bits in (
+        ("ortgen-int8", "llamacpp-q8_0", 8),
+        ("ortgen-int4", "llamacpp-q4_0", 4),
+    ):
+        for w in ("w1", "w4", "w5"):
+            checks.append(
+                (f"int{bits} {w.upper()} ≥ 1.5× {peer}", ratio(results, system, peer, w), 1.5, True)
+            )
+        checks.append(
+            (f"int{bits} W2 TTFT ≤ 0.5× {peer}", ratio(results, system, peer, "w2"), 0.5, False)
+        )
+    checks += [
+        (
+            "int8 W2 TTFT ≤ 0.7× ct2-int8",
+            ratio(results, "ortgen-int8", "ct2-int8", "w2"),
+            0.7,
+            False,
+        ),
+        ("int8 W1 weight streaming ≥ 60 % of the probe", share, 0.6, True),
+        ("int8 step at past 900 ≤ 1.2× past 16", flat, 1.2, False),
+        # earlier targets (the CTranslate2 comparison)
+        ("int8 W1 ≥ 2.0× ct2-int8", ratio(results, "ortgen-int8", "ct2-int8", "w1"), 2.0, True),
+        ("int4 W1 ≥ 2.5× ct2-int8", ratio(results, "ortgen-int4", "ct2-int8", "w1"), 2.5, True),
+        ("int8 W3 ≥ 1.3× ct2-int8", ratio(results, "ortgen-int8", "ct2-int8", "w3"), 1.3, True),
+        ("fp32 W1 ≥ 1.0× ct2-fp32", ratio(results, "ortgen-fp32", "ct2-fp32", "w1"), 1.0, True),
+    ]
+    rss = [
+        max((r["peak_rss_mb"] for r in all_runs(results.get(s, {}))), default=None)
+        for s in ("ortgen-int8", "ct2-int8")
+    ]
+    if None not in rss:
+        checks.append(("int8 peak RSS ≤ 1.0× ct2-int8", rss[0] / rss[1], 1.0, False))
+    rows = [(n, v, b, up) for n, v, b, up in checks if v is not None]
+    if not rows:
+        return []
+    lines = ["\n| goal | measured | holds |", "|---|---|---|"]
+    for name, value, bound, at_least in rows:
+        holds = value >= bound if at_least else value <= bound
+        lines.append(f"| {name} | {value:.2f} | {'yes' if holds else 'no'} |")
+    return lines
+
+
+def report(header: str, systems_by_arch: dict, all_results: dict) -> str:
+    lines = [header]
+    for arch, results in all_results.items():
+        lines += table(arch, systems_by_arch[arch], results)
+        lines += ratios(results)
+    gpt2 = all_results.get("gpt2", {})
+    probe_lines, share = bandwidth(systems_by_arch.get("gpt2", {}), gpt2)
+    scale_lines, flat = scaling(gpt2)
+    return "\n".join(lines + probe_lines + scale_lines + goals(gpt2, share, flat))
