@@ -11,8 +11,9 @@ from checkpoints import WINDOW
 from transformers import GenerationConfig
 
 from ortgen.decode_state import DecodeState
+from ortgen_export.parity import THRESHOLDS
 
-ATOL = {"fp32": 1e-4}  # max |Δ logits| per precision
+ATOL = THRESHOLDS["fp32"].max_abs_diff  # the one tolerance table: the export's
 SHORT, LONG = 5, 3 * WINDOW + 5  # prompt lengths on both sides of the local window
 
 
@@ -50,13 +51,13 @@ def test_logits_match_transformers_prefill_and_cached_steps(
     logits = state.prefill([ids], all_logits=True)  # [1, T, V]
     with torch.inference_mode():
         out = model(torch.tensor([ids]), use_cache=True)
-        assert np.abs(logits - out.logits.numpy()).max() <= ATOL["fp32"]
+        assert np.abs(logits - out.logits.numpy()).max() <= ATOL
         for _ in range(6):  # cached steps, crossing the window for LONG prompts
             next_id = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
             out = model(next_id, past_key_values=out.past_key_values, use_cache=True)
             logits = state.step(next_id.numpy()[:, 0])  # [1, V]
             assert logits.shape == (1, generator.manifest.vocab_size)
-            assert np.abs(logits - out.logits.numpy()[:, -1]).max() <= ATOL["fp32"]
+            assert np.abs(logits - out.logits.numpy()[:, -1]).max() <= ATOL
 
 
 @pytest.mark.parametrize("length", [SHORT, LONG])
