@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ortgen.errors import UnsupportedModelError
+from ortgen_export.activations import ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,12 @@ class LayerWeights:
     proj: np.ndarray  # [D, D] attention output
     proj_bias: np.ndarray  # [D]
     ln2: tuple[np.ndarray, np.ndarray]
-    fc: np.ndarray  # [D, 4D]
+    fc: np.ndarray  # [D, F]: F = n_inner / intermediate_size, 4D by default
     fc_bias: np.ndarray
-    out: np.ndarray  # [4D, D]
+    out: np.ndarray  # [F, D]
     out_bias: np.ndarray
     window: int | None  # local attention window (GPT-Neo local layers), None = global
+    scale: float  # q·kᵀ multiplier of this layer (MultiHeadAttention's `scale`)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Architecture:
             "bos_token_id": config.bos_token_id,
         }
 
-    def attention_scale(self, config: Any) -> float:
+    def attention_scale(self, config: Any, i: int) -> float:
+        """q·kᵀ multiplier of layer `i`."""
         raise NotImplementedError
 
     def layer_window(self, config: Any, i: int) -> int | None:
@@ -66,17 +69,44 @@ class Architecture:
     def layer(self, state: dict[str, np.ndarray], config: Any, i: int) -> LayerWeights:
         raise NotImplementedError
 
+    def activation_params(self, model: Any, i: int) -> dict[str, np.ndarray]:
+        """Learned constants of layer `i`'s activation, as its forward uses them: prelu's slope;
+        xielu's softplus-ed coefficients, computed in the parameters' own dtype (bf16)."""
+        import torch
+
+        act = model.transformer.h[i].mlp.act
+        with torch.no_grad():
+            if isinstance(act, torch.nn.PReLU):
+                found = {"slope": act.weight}
+            elif type(act).__name__ == "XIELUActivation":
+                softplus = torch.nn.functional.softplus
+                found = {
+                    "alpha_p": softplus(act.alpha_p),
+                    "alpha_n": act.beta + softplus(act.alpha_n),
+                    "beta": act.beta,
+                    "eps": act.eps,
+                }
+            else:
+                found = {}
+            return {k: v.detach().float().numpy() for k, v in found.items()}
+
     def check_supported(self, config: Any) -> str | None:
         """Why the graph builder cannot express this config (None: it can)."""
-        if getattr(config, "activation_function", "gelu_new") != "gelu_new":
-            return f"activation {config.activation_function!r}"
+        activation = getattr(config, "activation_function", "gelu_new")
+        if activation not in ACTIVATIONS:
+            return f"activation {activation!r}"
+        if getattr(config, "pruned_heads", None):
+            return "pruned attention heads"
         return None
 
 
 class GPT2(Architecture):
-    def attention_scale(self, config: Any) -> float:
+    def attention_scale(self, config: Any, i: int) -> float:
         head_dim = config.hidden_size // config.num_attention_heads
-        return head_dim**-0.5 if config.scale_attn_weights else 1.0
+        scale = head_dim**-0.5 if config.scale_attn_weights else 1.0
+        # reorder_and_upcast_attn only changes where fp16 / bf16 training upcasts: the fp32 graph
+        # computes the same scores.
+        return scale / (i + 1) if config.scale_attn_by_inverse_layer_idx else scale
 
     def layer(self, state: dict[str, np.ndarray], config: Any, i: int) -> LayerWeights:
         p = f"transformer.h.{i}."
@@ -92,16 +122,12 @@ class GPT2(Architecture):
             out=state[p + "mlp.c_proj.weight"],
             out_bias=state[p + "mlp.c_proj.bias"],
             window=None,
+            scale=self.attention_scale(config, i),
         )
-
-    def check_supported(self, config: Any) -> str | None:
-        if config.scale_attn_by_inverse_layer_idx or config.reorder_and_upcast_attn:
-            return "scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn"
-        return super().check_supported(config)
 
 
 class GPTNeo(Architecture):
-    def attention_scale(self, config: Any) -> float:
+    def attention_scale(self, config: Any, i: int) -> float:
         return 1.0  # GPT-Neo does not scale q·kᵀ by 1/√head_dim
 
     def layer_window(self, config: Any, i: int) -> int | None:
@@ -123,6 +149,7 @@ class GPTNeo(Architecture):
             out=state[p + "mlp.c_proj.weight"].T,
             out_bias=state[p + "mlp.c_proj.bias"],
             window=self.layer_window(config, i),
+            scale=self.attention_scale(config, i),
         )
 
 

@@ -1,5 +1,6 @@
 """The graph written directly (no tracing) with ONNX Runtime's contrib ops: MultiHeadAttention with
-past / present, FastGelu, LayerNormalization — a fraction of the traced graph's ~1,000 glue nodes.
+past / present (its `scale` per layer), the MLP activation (activations.py),
+LayerNormalization — a fraction of the traced graph's ~1,000 glue nodes.
 Same interface and names as the traced graph (optimum's), so the runtime, the parity check and
 the quantizer treat both alike. The attention bias (causal, padding, GPT-Neo's local window
 counted on absolute key indices, as transformers does) is computed once per run."""
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ortgen_export.activations import activate
 from ortgen_export.architectures import Architecture, LayerWeights
 
 MS = "com.microsoft"
@@ -25,10 +27,14 @@ class _Graph:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
         self._count = 0
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        """An initializer; a name already given is reused (shared constants, one per graph)."""
+        if name not in self._names:
+            self._names.add(name)
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs):
@@ -48,6 +54,7 @@ def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
     heads, width = config.num_attention_heads, config.hidden_size
     g = _Graph()
     eps = float(config.layer_norm_epsilon)
+    act = getattr(config, "activation_function", "gelu_new")
     hidden = g.op(
         "Add",
         [
@@ -68,16 +75,12 @@ def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
     presents = []
     for i in range(config.num_hidden_layers):
         layer = arch.layer(state, config, i)
+        params = {
+            key: g.const(f"transformer.h.{i}.mlp.act.{key}", value)
+            for key, value in arch.activation_params(model, i).items()
+        }
         hidden, present = _block(
-            g,
-            hidden,
-            layer,
-            i,
-            heads,
-            width,
-            eps,
-            biases[layer.window],
-            arch.attention_scale(config),
+            g, hidden, layer, i, heads, width, eps, biases[layer.window], (act, params)
         )
         presents += present
     gamma, beta = state["transformer.ln_f.weight"], state["transformer.ln_f.bias"]
@@ -86,11 +89,12 @@ def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
         [hidden, g.const("transformer.ln_f.weight", gamma), g.const("transformer.ln_f.bias", beta)],
         epsilon=eps,
     )
-    # The tied head as the exporter writes it (x @ Eᵀ): store_tied_weights_once rewrites it.
+    # The head as the exporter writes it (x @ Wᵀ); when tied (W is the embedding),
+    # store_tied_weights_once rewrites it onto the embedding table.
     g.nodes.append(
         helper.make_node(
             "MatMul",
-            [final, g.const("lm_head.weight.T", state["transformer.wte.weight"].T)],
+            [final, g.const("lm_head.weight.T", state["lm_head.weight"].T)],
             ["logits"],
             name="lm_head/MatMul",
         )
@@ -145,7 +149,7 @@ def _block(
     width: int,
     eps: float,
     bias: str,
-    scale: float,
+    act: tuple[str, dict[str, str]],
 ) -> tuple[str, list[str]]:
     p = f"transformer.h.{i}"
     normed = g.op(
@@ -168,7 +172,7 @@ def _block(
             name=f"{p}/MultiHeadAttention",
             domain=MS,
             num_heads=heads,
-            scale=scale,
+            scale=w.scale,
         )
     )
     projected = g.op(
@@ -185,7 +189,7 @@ def _block(
         epsilon=eps,
     )
     up = g.op("MatMul", [normed, g.const(f"{p}.mlp.fc.weight", w.fc)])
-    act = g.op("FastGelu", [up, g.const(f"{p}.mlp.fc.bias", w.fc_bias)], domain=MS)
+    act = activate(g, *act, up, g.const(f"{p}.mlp.fc.bias", w.fc_bias))
     down = g.op(
         "Add",
         [

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ortgen.errors import ExportError, InvalidOptionError
+from ortgen.errors import InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
 from ortgen_export import builder, fusion, graph, half, inplace, parity, quantize
 from ortgen_export.architectures import architecture_of
@@ -89,10 +89,13 @@ def _export(
     fields = arch.manifest_fields(config)
 
     with staged_folder(output, force) as staging:
-        stage("export")
-        model = _graph(checkpoint, arch, options.graph)
+        kind, fallback = _graph_kind(checkpoint, arch, options.graph)
+        stage(f"export (traced graph: {fallback})" if fallback else "export")
+        model = _graph(checkpoint, arch, kind)
         facts = {
-            "graph": options.graph,
+            "graph": kind,
+            **({"graph_fallback_reason": fallback} if fallback else {}),
+            "tied_word_embeddings": bool(getattr(config, "tie_word_embeddings", True)),
             "logits_to_keep_input": graph.keep_last_logits(model),
             "tied_weights_stored_once": graph.store_tied_weights_once(model),
         }
@@ -103,7 +106,7 @@ def _export(
         facts["files"] = graph.save(model, staging)
         # The runtime's fast graph: built graphs on CPU precisions (fp16 folders are for CUDA).
         in_place = {}
-        if options.graph == "built" and options.precision != "fp16":
+        if kind == "built" and options.precision != "fp16":
             in_place = inplace.write(staging)
             facts["files"].append(in_place["file"])
         _copy_side_files(checkpoint, staging)
@@ -136,15 +139,18 @@ def _export(
     return manifest
 
 
+def _graph_kind(checkpoint: Checkpoint, arch, wanted: str) -> tuple[str, str | None]:
+    """The graph to write and, when the builder cannot express the checkpoint, why the traced
+    graph replaces it (never a refusal: the traced graph exports whatever transformers runs)."""
+    reason = arch.check_supported(checkpoint.config) if wanted == "built" else None
+    if reason:
+        return "traced", f"the graph builder cannot express {reason}"
+    return wanted, None
+
+
 def _graph(checkpoint: Checkpoint, arch, kind: str):
     if kind == "traced":
         return graph.trace(checkpoint.model)
-    reason = arch.check_supported(checkpoint.config)
-    if reason:
-        raise ExportError(
-            f"the graph builder does not support {reason} in {checkpoint.source}: "
-            "export with --graph traced"
-        )
     return builder.build(checkpoint.model, arch, checkpoint.config)
 
 
