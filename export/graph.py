@@ -19,7 +19,9 @@ from onnx import helper, numpy_helper
 from ortgen.errors import ExportError, first_line
 
 OPSET = 18
-_TWO_GB = 2**31
+# Weights beyond this many bytes go to `model.onnx.data`: a protobuf file cannot exceed 2 GB, and
+# the graph's own nodes and small constants need room beside the weights.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 64 * 2**20
 
 
 def trace(model: Any) -> onnx.ModelProto:
@@ -155,11 +157,16 @@ def node_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
-def save(model: onnx.ModelProto, folder: Path, file_name: str = "model.onnx") -> list[str]:
-    """Write the graph; weights go to `<file>.data` only when the protobuf limit (2 GB) needs it.
-    Returns the files written."""
+def save(
+    model: onnx.ModelProto,
+    folder: Path,
+    file_name: str = "model.onnx",
+    threshold: int = EXTERNAL_DATA_THRESHOLD,
+) -> list[str]:
+    """Write the graph; weights go to `<file>.data` only when they exceed `threshold` bytes (the
+    protobuf limit by default). Returns the files written."""
     size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size < _TWO_GB - 64 * 2**20:
+    if size < threshold:
         onnx.save_model(model, str(folder / file_name))
         return [file_name]
     onnx.save_model(

@@ -39,6 +39,8 @@ class ExportOptions:
     allow_partial: bool = False  # accept a quantized model with some linear layers left float
     min_agreement: float | None = None  # int8 / int4: replaces the top-1 / greedy thresholds
     graph: str = "built"  # "built": written with contrib ops (fast); "traced": optimum's tracer
+    # Weights above this many bytes are written to model.onnx.data (lowered by tests only)
+    external_data_threshold: int = graph.EXTERNAL_DATA_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -103,7 +105,7 @@ def _export(
         stage("optimize")
         model = _optimize(model, options, fields, facts)
         facts["node_counts"] = graph.node_counts(model)
-        facts["files"] = graph.save(model, staging)
+        facts["files"] = graph.save(model, staging, threshold=options.external_data_threshold)
         # The runtime's fast graph: built graphs on CPU precisions (fp16 folders are for CUDA).
         in_place = {}
         if kind == "built" and options.precision != "fp16":

@@ -1,8 +1,11 @@
 """Where a checkpoint comes from: a local Hugging Face folder or a hub id (downloaded once into the
-hub cache). Loads the config, model and tokenizer for the export."""
+hub cache, read from it offline). Loads the config, model (fp32 whatever the stored dtype; sharded
+or not; safetensors or pytorch_model.bin) and tokenizer (tokenizer.json, or vocab.json +
+merges.txt converted to one) for the export."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from ortgen.errors import ExportError, first_line
 
 # Files an export needs from a hub repository: weights, configs, tokenizer.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+_TRUE = ("1", "on", "yes", "true")
 
 
 @dataclass
@@ -39,7 +43,16 @@ def locate(source: str) -> Path:
     return _download(source)
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE or constants.HF_HUB_OFFLINE
+
+
 def _download(repo_id: str) -> Path:
+    """The snapshot folder of `repo_id`: from the hub, or from the local hub cache when offline
+    or when the hub cannot be reached (snapshot_download falls back to the cache itself)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -47,14 +60,26 @@ def _download(repo_id: str) -> Path:
         RepositoryNotFoundError,
     )
 
+    offline = hub_offline()
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=_HUB_PATTERNS if offline else _hub_patterns(repo_id),
+                local_files_only=offline,
+            )
+        )
     except RepositoryNotFoundError:
         raise ExportError(
             f"{repo_id!r} is neither a local folder nor a Hugging Face hub repository: "
             "check the name"
         ) from None
     except LocalEntryNotFoundError:
+        if offline:
+            raise ExportError(
+                f"HF_HUB_OFFLINE is set and {repo_id!r} is not in the local Hugging Face cache: "
+                "download it once online, or pass a local checkpoint folder"
+            ) from None
         raise ExportError(
             f"cannot reach the Hugging Face hub and {repo_id!r} is not in the local hub cache: "
             "check the network, or pass a local checkpoint folder"
@@ -64,6 +89,20 @@ def _download(repo_id: str) -> Path:
             f"cannot fetch {repo_id!r} from the Hugging Face hub ({first_line(err)}): "
             "check the name and the network, or pass a local checkpoint folder"
         ) from None
+
+
+def _hub_patterns(repo_id: str) -> list[str]:
+    """Download patterns: pytorch_model*.bin only where the repository has no safetensors (most
+    hold both, and the .bin would double the download)."""
+    from huggingface_hub import HfApi
+
+    try:
+        files = HfApi().list_repo_files(repo_id)
+    except Exception:  # offline, unknown repo, …: snapshot_download reports it
+        return _HUB_PATTERNS
+    if any(name.endswith(".safetensors") for name in files):
+        return [pattern for pattern in _HUB_PATTERNS if pattern != "*.bin"]
+    return _HUB_PATTERNS
 
 
 def load_config(path: Path, source: str) -> Any:

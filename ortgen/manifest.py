@@ -16,6 +16,10 @@ MANIFEST_NAME = "ortgen.json"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 ARCHITECTURES = ("gpt2", "gpt_neo")
+# The oldest onnxruntime that runs exported graphs right: GatherBlockQuantized's `bits` (int4 /
+# int8 folders) needs 1.23; before 1.22 MultiHeadAttention broadcasts a [B, 1, T, P+T] bias wrongly
+# for B > 1 (batched fp32 logits silently off). pyproject's onnxruntime pins say the same.
+MIN_ONNXRUNTIME = "1.23"
 _SIZES = ("num_layers", "num_heads", "head_dim", "hidden_size", "vocab_size", "max_positions")
 
 
@@ -58,6 +62,7 @@ class Manifest:
     # The in-place KV graph beside model.onnx (GroupQueryAttention on preallocated cache buffers
     # shared by past and present; the same weights): {"file", "seqlens_k", "total_length"}; {} none
     inplace: dict[str, Any] = field(default_factory=dict)
+    min_onnxruntime: str = MIN_ONNXRUNTIME  # oldest onnxruntime that runs these graphs right
     format_version: int = FORMAT_VERSION  # bumped on incompatible changes
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from ortgen.errors import (
     first_line,
 )
 from ortgen.folder import check_session
+from ortgen.manifest import MIN_ONNXRUNTIME
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -40,6 +42,21 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def require_onnxruntime(ort, minimum: str = MIN_ONNXRUNTIME) -> None:
+    """Refuse an onnxruntime older than `minimum`: older ones fail on or silently miscompute
+    ortgen's graphs (manifest.MIN_ONNXRUNTIME says which)."""
+    if _release(ort.__version__) < _release(minimum):
+        raise OrtgenError(
+            f"onnxruntime {ort.__version__} is too old: ortgen's models need onnxruntime >= "
+            f"{minimum}; pip install -U 'ortgen[cpu]' (or 'ortgen[cuda]')"
+        )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string such as 1.23.2 or 1.24.0.dev20250101."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -56,9 +73,16 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def create_session(model_path: Path, device: str = "cpu", threads: int | None = None):
-    """An InferenceSession on `device`, verified to really run there (ORT silently falls back)."""
+def create_session(
+    model_path: Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    min_onnxruntime: str = MIN_ONNXRUNTIME,
+):
+    """An InferenceSession on `device`, verified to really run there (ORT silently falls back);
+    `min_onnxruntime` is the folder's manifest value."""
     ort = import_onnxruntime()
+    require_onnxruntime(ort, max(min_onnxruntime, MIN_ONNXRUNTIME, key=_release))
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}: choose one of {sorted(DEVICES)}")
     wanted = DEVICES[device][0]
