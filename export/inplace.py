@@ -31,7 +31,20 @@ def write(folder: Path, model_file: str = "model.onnx") -> dict[str, str]:
     _rewrite_inputs(model.graph)
     _reference_weights(model.graph, (folder / model_file).read_bytes(), model_file)
     onnx.save_model(model, str(folder / FILE))
-    return {"file": FILE, "seqlens_k": SEQLENS, "total_length": TOTAL}
+    return {
+        "file": FILE,
+        "seqlens_k": SEQLENS,
+        "total_length": TOTAL,
+        "weights": fingerprint(folder / model_file),  # the bytes its offsets point into
+    }
+
+
+def fingerprint(path: Path) -> str:
+    """Size and a digest of 16 spread 64 KiB samples: cheap to check at every load, and no
+    other export's graph matches it."""
+    from ortgen.model import weights_fingerprint
+
+    return weights_fingerprint(path)
 
 
 def _windows_by_bias(graph) -> dict[str, int | None]:

@@ -32,8 +32,9 @@ def measure(
         )
     if batch < 1 or rounds < 1:
         raise InvalidOptionError("batch and rounds must be ≥ 1")
+    span = max(1, min(1000, generator.manifest.vocab_size - 10))  # ids inside any vocabulary
     prompts = [
-        [(7 * i + 131 * row) % 1000 + 10 for i in range(prompt_tokens)] for row in range(batch)
+        [(7 * i + 131 * row) % span + 10 for i in range(prompt_tokens)] for row in range(batch)
     ]
     _loop(generator, prompts, 4)  # warm-up
     runs = [_loop(generator, prompts, new_tokens) for _ in range(rounds)]

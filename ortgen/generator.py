@@ -96,7 +96,9 @@ class Generator:
 
     def options(self, **overrides: Any) -> GenerationOptions:
         """The folder's defaults with `overrides` applied and validated."""
-        return self.defaults.with_overrides(**overrides)
+        options = self.defaults.with_overrides(**overrides)
+        options.check_vocabulary(self.manifest.vocab_size)
+        return options
 
     def encode(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt)

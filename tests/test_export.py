@@ -166,3 +166,18 @@ def test_fp32_parity_check_fails_on_another_model(exported, references):
     prompts = [[5, 17, 42, 99, 7], list(range(30, 60))]
     with pytest.raises(ParityError, match="fp32 parity check failed"):
         check_parity(references["gpt_neo"], exported["gpt2"], prompts, "fp32", THRESHOLDS["fp32"])
+
+
+def test_in_place_graph_refuses_a_replaced_weights_file(exported, tmp_path):
+    """inplace.onnx reads its weights by offset inside model.onnx: another export's model.onnx
+    must be refused, not computed with."""
+    import shutil
+
+    from ortgen import Generator
+    from ortgen.errors import ModelFolderError
+
+    folder = tmp_path / "swapped"
+    shutil.copytree(exported["gpt2"], folder)
+    shutil.copyfile(exported["gpt_neo"] / "model.onnx", folder / "model.onnx")
+    with pytest.raises(ModelFolderError, match="not the file this folder was exported with"):
+        Generator.from_dir(folder)
