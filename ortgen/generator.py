@@ -47,14 +47,16 @@ class Generator:
         device: str = "cpu",
         threads: int | None = None,
         graph: str | None = None,
+        spin: bool = True,
     ) -> Generator:
         """Load `path` (written by `ortgen export`; default: the bundled model) on `device`
         ("cpu" or "cuda"). `graph`: "inplace" (the default where the folder has it, on CPU) or
-        "portable" (model.onnx, as other clients run it)."""
+        "portable" (model.onnx, as other clients run it). `spin=False`: idle ONNX Runtime
+        threads sleep instead of busy-waiting (for machines whose cores are shared)."""
         folder = Path(path) if path is not None else default_model()
         if graph is None and device != "cpu":
             graph = "portable"  # the in-place cache lives in host memory
-        model = Model.load(folder, device=device, threads=threads, graph=graph)
+        model = Model.load(folder, device=device, threads=threads, graph=graph, spin=spin)
         return cls(model, Tokenizer.from_dir(folder), defaults_from_folder(folder))
 
     # ---- public API -------------------------------------------------------------------------

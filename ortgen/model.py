@@ -31,8 +31,10 @@ class Model:
         device: str = "cpu",
         threads: int | None = None,
         graph: str | None = None,
+        spin: bool = True,
     ) -> Model:
-        """The folder's fastest graph (in-place KV when it has one), or the one `graph` names."""
+        """The folder's fastest graph (in-place KV when it has one), or the one `graph` names.
+        `spin`: let idle ONNX Runtime threads busy-wait (see session.session_options)."""
         folder = Path(folder)
         manifest = read_manifest(folder)
         if graph is None:
@@ -44,7 +46,9 @@ class Model:
         name = manifest.inplace["file"] if graph == "inplace" else manifest.model_file
         if graph == "inplace":
             _check_weights(folder / manifest.model_file, manifest.inplace.get("weights"))
-        session = create_session(folder / name, device=device, threads=threads)
+        session = create_session(
+            folder / name, device, threads, manifest.min_onnxruntime, spin=spin
+        )
         return cls(manifest, session, graph, folder)
 
     @property

@@ -57,9 +57,13 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
+    """`spin`: idle pool threads busy-wait for the next kernel (ONNX Runtime's default, lowest
+    latency on an idle machine); off, they sleep — kinder to other processes on busy cores."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
     if threads is not None:
@@ -78,6 +82,7 @@ def create_session(
     device: str = "cpu",
     threads: int | None = None,
     min_onnxruntime: str = MIN_ONNXRUNTIME,
+    spin: bool = True,
 ):
     """An InferenceSession on `device`, verified to really run there (ORT silently falls back);
     `min_onnxruntime` is the folder's manifest value."""
@@ -97,7 +102,7 @@ def create_session(
         )
     if not Path(model_path).is_file():
         raise ModelFolderError(f"{model_path} is missing: re-export the model folder")
-    options = session_options(threads)
+    options = session_options(threads, spin)
     try:
         session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
     except Exception as err:  # ORT raises its own untyped errors for unreadable graphs

@@ -97,3 +97,13 @@ def test_cli_generates_with_the_bundled_model():
     assert result.exit_code == 0, result.output
     [record] = json.loads(next(ln for ln in result.output.splitlines() if ln.startswith("[")))
     assert record["generated_text"].startswith("class") and len(record["generated_text"]) > 5
+
+
+def test_sleeping_threads_give_the_same_tokens(bundled):
+    """spin=False (idle ONNX Runtime threads sleep: shared cores) changes scheduling only."""
+    from ortgen import Generator
+
+    sleeping = Generator.from_dir(threads=2, spin=False)
+    options = dict(max_new_tokens=12, **PURE_GREEDY)
+    ids = bundled.encode(PROMPTS[2])
+    assert sleeping.generate_ids(ids, **options) == bundled.generate_ids(ids, **options)
