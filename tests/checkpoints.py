@@ -77,3 +77,46 @@ def build_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
         tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS
     ).save_pretrained(folder)
     return folder
+
+
+def random_checkpoint(
+    folder: Path, architecture: str, tokenizer, dtype=None, save: dict | None = None, **config
+) -> Path:
+    """A 2-layer, width-32 checkpoint with random weights (no training: parity needs none) and
+    `config` overriding transformers' config defaults, stored in `dtype` (default fp32) with
+    save_pretrained's options `save` (sharding, .bin); returns the folder."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoConfig,
+        GPTNeoForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    eos_id = tokenizer.token_to_id(EOS)
+    common = dict(
+        vocab_size=tokenizer.get_vocab_size(),
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        initializer_range=0.1,  # peaked logits: greedy paths without near-ties
+    )
+    torch.manual_seed(0)
+    if architecture == "gpt2":
+        defaults = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64)
+        model = GPT2LMHeadModel(GPT2Config(**{**defaults, **common, **config}))
+    else:
+        defaults = dict(
+            num_layers=2,
+            attention_types=[[["global", "local"], 1]],
+            window_size=WINDOW,
+            hidden_size=32,
+            num_heads=4,
+            max_position_embeddings=64,
+        )
+        model = GPTNeoForCausalLM(GPTNeoConfig(**{**defaults, **common, **config}))
+    model.to(dtype or torch.float32).save_pretrained(folder, **(save or {}))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS
+    ).save_pretrained(folder)
+    return folder
