@@ -80,7 +80,8 @@ class LlamaCpp:
         )
 
     def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
-        if sampling:
+        if sampling:  # top_k ≤ 0, min_p 0, typical_p 1 and repeat_penalty 1 are no-ops there;
+            # its fixed chain applies top-p before temperature (transformers: after): same cost
             options = dict(top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0)
             options.update(top_p=sampling["top_p"], temp=sampling["temperature"])
         else:

@@ -59,9 +59,10 @@ def run_rounds(systems: dict, workloads: set[str] | None, rounds: int, seed: int
     return results
 
 
-def header(rounds: int) -> str:
+def header(rounds: int, filters: list[str]) -> str:
     import onnxruntime
 
+    partial = f" Partial run: {' '.join(filters)}." if filters else ""
     return (
         f"## ortgen bench — {platform.machine()}, {platform.processor() or 'cpu'}, onnxruntime "
         f"{onnxruntime.__version__}, {THREADS} threads, {rounds} rounds (fresh process per "
@@ -73,7 +74,7 @@ def header(rounds: int) -> str:
         f"subtracted). W5: {W5['prompt']} → {W5['new']} tokens, nucleus sampling (top_p "
         f"{W5['sampling']['top_p']}, temperature {W5['sampling']['temperature']}, top-k off). "
         f"Random weights, real configs. llama.cpp: llama-cpp-python built from source with "
-        f"native flags, n_batch 512, reset before every call."
+        f"native flags, n_batch 512, reset before every call.{partial}"
     )
 
 
@@ -92,7 +93,8 @@ def main() -> None:
         print(f"{arch}: preparing artefacts", file=sys.stderr)
         systems_by_arch[arch] = prepare(arch, wanted)
         all_results[arch] = run_rounds(systems_by_arch[arch], workloads, args.rounds, args.seed)
-    text = report(header(args.rounds), systems_by_arch, all_results)
+    filters = sys.argv[1:] if args.systems or args.workloads else []
+    text = report(header(args.rounds, filters), systems_by_arch, all_results)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
