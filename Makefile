@@ -84,7 +84,7 @@ $(LLAMA_SRC)/convert_hf_to_gguf.py: $(SDIST)
 	tar -xzf $(SDIST) -C bench/work
 	touch $@
 
-# Several minutes on 2 cores: the whole of llama.cpp is compiled.
+# 8–13 minutes on 2 busy cores: the whole of llama.cpp is compiled (llama-server: as long again).
 $(PEERS)/.llama-cpp-$(LLAMA_CPP): $(PEERS)/.installed $(SDIST) $(LLAMA_SRC)/convert_hf_to_gguf.py
 	$(PEERS)/bin/pip uninstall --quiet --yes llama-cpp-python
 	$(LLAMA_ENV) $(PEERS)/bin/pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
