@@ -216,6 +216,8 @@ def _completion_options(f: dict) -> dict:
     """OpenAI semantics over the engine's options: every value explicit, so the model folder's
     sampling defaults never leak into an OpenAI request."""
     temperature = 1.0 if f.get("temperature") is None else f["temperature"]
+    if temperature < 0:
+        raise ApiError(400, f"temperature must be ≥ 0, got {temperature}", "temperature")
     n = f.get("n") or 1
     if temperature == 0 and n > 1:
         raise ApiError(400, "n > 1 needs temperature > 0 (greedy gives one answer)", "n")

@@ -22,33 +22,40 @@ LONG = dict(max_new_tokens=2000, do_sample=False, ignore_eos=True)  # seconds on
 
 
 def build_long_model(checkpoints, base) -> Path:
-    """A random 1-layer GPT-2 with a 2048-token context (the tests' tokenizer): requests that
-    run for seconds, so a test can act while one is in flight. Built once per session."""
+    """A random 4-layer GPT-2 with a 2048-token context (the tests' tokenizer) whose greedy output
+    is one plain-text token over and over: requests that run for seconds and stream from their
+    first token, so a test can act while one is in flight. Built once per session."""
     folder = base / "long-model"
     if (folder / "ortgen.json").is_file():
         return folder
     import torch
+    from tokenizers import Tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from ortgen_export import ExportOptions, export_model
 
     source = base / "long-checkpoint"
+    source.mkdir(exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (checkpoints["gpt2"] / name).is_file():
-            source.mkdir(exist_ok=True)
             shutil.copy(checkpoints["gpt2"] / name, source / name)
     tiny = GPT2Config.from_pretrained(checkpoints["gpt2"])
     torch.manual_seed(0)
     config = GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
+        n_layer=4,
+        n_head=4,
+        n_embd=256,
         n_positions=2048,
         vocab_size=tiny.vocab_size,
         bos_token_id=tiny.bos_token_id,
         eos_token_id=tiny.eos_token_id,
     )
-    GPT2LMHeadModel(config).save_pretrained(source)
+    model = GPT2LMHeadModel(config)
+    token = Tokenizer.from_file(str(source / "tokenizer.json")).encode("a").ids[0]
+    with torch.no_grad():  # final hidden state = that token's embedding: logits peak on it
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(10 * model.transformer.wte.weight[token])
+    model.save_pretrained(source)
     export_model(str(source), folder, ExportOptions())
     return folder
 

@@ -1,0 +1,217 @@
+"""`ortgen serve` as users run it: the real server in a subprocess on a free localhost port, spoken
+to with the official `openai` client and with httpx — completions plain and streamed, n > 1, stop
+strings, seeds, 400s, 429 with Retry-After, a disconnect freeing its row, SIGTERM → exit 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from test_engine import build_long_model
+
+from ortgen import Generator
+
+ORTGEN = Path(sys.executable).parent / "ortgen"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(condition, what: str, tries: int = 600) -> None:
+    """Bounded polling: the server acts on its own schedule."""
+    pause = threading.Event()
+    for _ in range(tries):
+        if condition():
+            return
+        pause.wait(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Server:
+    def __init__(self, folder: Path, *flags: str) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        command = [str(ORTGEN), "serve", "--model", str(folder), "--port", port, "--threads", "1"]
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the server)
+        self.process = subprocess.Popen(
+            [*command, *flags], stdout=subprocess.DEVNULL, stderr=self.log, text=True
+        )
+        poll(self.healthy, "/health = 200")
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self.openai = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+
+    def healthy(self) -> bool:
+        if self.process.poll() is not None:
+            self.log.seek(0)
+            raise AssertionError(f"the server exited: {self.log.read()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def metric(self, line_start: str) -> float:
+        for line in self.http.get("/metrics").text.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    server = Server(exported["gpt2"], "--max-batch", "4", "--max-queue", "32")
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def reference(exported) -> Generator:
+    return Generator.from_dir(exported["gpt2"], threads=1)
+
+
+GREEDY = dict(max_tokens=12, temperature=0)
+# What /v1/completions sets where a request says nothing (OpenAI's meaning, not the folder's)
+OPENAI_DEFAULTS = dict(do_sample=False, repetition_penalty=1.0, min_new_tokens=0)
+
+
+def test_completion_plain_and_streamed_equal_the_generator(server, reference):
+    prompt = "The old fisherman"
+    want = reference.generate(prompt, max_new_tokens=12, **OPENAI_DEFAULTS)
+    plain = server.openai.completions.create(model="m", prompt=prompt, **GREEDY)
+    assert plain.choices[0].text == want
+    assert plain.usage.prompt_tokens == len(reference.encode(prompt))
+    assert plain.usage.completion_tokens == 12
+    assert plain.choices[0].finish_reason == "length"
+    chunks = server.openai.completions.create(model="m", prompt=prompt, stream=True, **GREEDY)
+    assert "".join(c.choices[0].text for c in chunks) == want
+    raw = server.http.post(
+        "/v1/completions", json={"model": "m", "prompt": prompt, "stream": True, **GREEDY}
+    )
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_n_seeds_stop_and_echo(server):
+    create = server.openai.completions.create
+    args = dict(model="m", prompt=["The old fisherman", "A small child"], max_tokens=8, seed=5)
+    first = create(n=3, **args)
+    assert sorted(c.index for c in first.choices) == list(range(6))
+    again = create(n=3, **args)
+    assert [c.text for c in again.choices] == [c.text for c in first.choices]
+    greedy = create(model="m", prompt="The old fisherman", **GREEDY).choices[0].text
+    stop = greedy.split()[1]
+    stopped = create(model="m", prompt="The old fisherman", stop=[stop], **GREEDY).choices[0]
+    assert stopped.finish_reason == "stop" and stop not in stopped.text
+    echoed = create(model="m", prompt="The old fisherman", echo=True, **GREEDY).choices[0]
+    assert echoed.text == "The old fisherman" + greedy
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"bogus": 1},
+        {"max_tokens": "ten"},
+        {"max_tokens": 0},
+        {"temperature": -1},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 0.1},
+        {"logprobs": 2},
+        {"n": 2, "temperature": 0},
+        {"prompt": [[1, 10**9]]},
+        {"prompt": ""},
+        {"max_tokens": 10_000},
+    ],
+)
+def test_invalid_fields_are_400_with_an_openai_error(server, fields):
+    body = {"model": "m", "prompt": "The old fisherman"} | fields
+    response = server.http.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        extra = {k: v for k, v in fields.items() if k != "prompt"}
+        prompt = fields.get("prompt", "The old fisherman")
+        server.openai.completions.create(model="m", prompt=prompt, extra_body=extra)
+
+
+def test_generate_models_health_metrics(server, reference):
+    parameters = {"max_new_tokens": 6, "do_sample": False}
+    response = server.http.post(
+        "/generate", json={"inputs": "A small child", "parameters": parameters}
+    )
+    want = reference.generate("A small child", **parameters)
+    assert response.json() == [{"generated_text": "A small child" + want}]
+    bad = server.http.post("/generate", json={"inputs": "x", "parameters": {"beams": 2}})
+    assert bad.status_code == 400
+    assert server.openai.models.list().data[0].id == Path(reference.model.folder).name
+    assert server.http.get("/health").json() == {"status": "ok"}
+    metrics = server.http.get("/metrics").text
+    for name in ("ortgen_requests_total", "ortgen_time_to_first_token_seconds_bucket"):
+        assert name in metrics
+
+
+def test_sixteen_concurrent_http_requests_equal_each_alone(server, reference):
+    prompts = [f"{s} walked along the stormy sea" * (1 + i % 3) for i, s in enumerate("ABCD" * 4)]
+    options = [
+        dict(max_new_tokens=4 + i, do_sample=i % 2 == 1, seed=i, top_k=10) for i in range(16)
+    ]
+    alone = [reference.generate(p, **o) for p, o in zip(prompts, options, strict=True)]
+
+    def post(prompt: str, parameters: dict) -> str:
+        body = {"inputs": prompt, "parameters": parameters | {"return_full_text": False}}
+        return server.http.post("/generate", json=body).json()[0]["generated_text"]
+
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(post, prompts, options))
+    assert together == alone
+
+
+@pytest.fixture(scope="module")
+def long_folder(checkpoints, tmp_path_factory) -> Path:
+    return build_long_model(checkpoints, tmp_path_factory.getbasetemp())
+
+
+LONG = {"model": "m", "prompt": "The old fisherman", "temperature": 0}
+LONG |= {"max_tokens": 2000, "min_tokens": 2000}  # no EOS: runs for seconds
+
+
+def test_queue_overload_disconnect_and_sigterm(long_folder):
+    server = Server(long_folder, "--max-batch", "1", "--max-queue", "1")
+    try:
+        with server.http.stream("POST", "/v1/completions", json=LONG | {"stream": True}) as first:
+            lines = first.iter_lines()  # kept: dropping the iterator closes the connection
+            next(lines)  # the long request holds the only row
+            waiting = ThreadPoolExecutor(1).submit(
+                server.http.post, "/v1/completions", json=LONG | {"max_tokens": 2, "min_tokens": 0}
+            )
+            poll(lambda: server.metric("ortgen_queue_depth") == 1, "a queued request")
+            refused = server.http.post("/v1/completions", json=LONG)
+            assert refused.status_code == 429 and refused.headers["retry-after"]
+            assert "max_queue 1" in refused.json()["error"]["message"]
+        # the stream was closed mid-way: its row is freed and the queued request runs
+        poll(lambda: server.metric('ortgen_requests_total{outcome="cancelled"}') == 1, "cancel")
+        assert waiting.result().json()["usage"]["completion_tokens"] == 2
+        poll(lambda: server.metric("ortgen_batch_rows") == 0, "the rows to be free")
+        # SIGTERM with a request in flight: it is finished or cancelled, and the exit is clean
+        with server.http.stream("POST", "/v1/completions", json=LONG | {"stream": True}) as last:
+            lines = last.iter_lines()
+            next(lines)
+            assert server.stop() == 0
+    finally:
+        server.process.kill()
