@@ -129,7 +129,9 @@ class Request:
 class Engine:
     """Continuous batching over one `Generator`. Thread-safe: any thread may `submit`, `generate`
     or `stream`; one worker thread (started on first use) runs every request's rows together.
-    A request's tokens depend on its prompt, options and seed only, never on its neighbours."""
+    A request's tokens depend on its prompt, options and seed only, never on its neighbours.
+    The `Generator` stays safe to share: other threads may call it directly meanwhile (each call
+    has its own decode state; the worker's is the engine's own)."""
 
     def __init__(self, generator: Generator, limits: EngineLimits | None = None) -> None:
         self.generator = generator
