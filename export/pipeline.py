@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ortgen.errors import InvalidOptionError
 from ortgen.manifest import MANIFEST_NAME, PRECISIONS, Manifest, TensorNames
-from ortgen_export import builder, fusion, graph, half, inplace, parity, quantize
+from ortgen_export import builder, features, fusion, graph, half, inplace, parity, quantize
 from ortgen_export.architectures import architecture_of
 from ortgen_export.folder import (
     export_lock,
@@ -98,6 +98,7 @@ def _export(
             "graph": kind,
             **({"graph_fallback_reason": fallback} if fallback else {}),
             "tied_word_embeddings": bool(getattr(config, "tie_word_embeddings", True)),
+            "hidden_state_output": features.expose_hidden_state(model),  # before the slice
             "logits_to_keep_input": graph.keep_last_logits(model),
             "tied_weights_stored_once": graph.store_tied_weights_once(model),
         }
@@ -113,7 +114,8 @@ def _export(
             facts["files"].append(in_place["file"])
         _copy_side_files(checkpoint, staging)
         tensors = TensorNames(
-            logits_to_keep=graph.LOGITS_TO_KEEP if facts["logits_to_keep_input"] else None
+            logits_to_keep=graph.LOGITS_TO_KEEP if facts["logits_to_keep_input"] else None,
+            hidden_state=features.HIDDEN_STATE if facts["hidden_state_output"] else None,
         )
         manifest = Manifest(
             **fields,

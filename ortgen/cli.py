@@ -102,7 +102,7 @@ _OPTION_NAMES = (
     "max_new_tokens|min_new_tokens|do_sample|temperature|top_k|top_p|repetition_penalty|"
     "no_repeat_ngram_size|num_return_sequences|seed|eos_token_id|ignore_eos|truncate_prompt|"
     "threads|block_size|accuracy_level|min_agreement|allow_partial|prompt_tokens|new_tokens|"
-    "batch_size"
+    "batch_size|pooling"
 )
 _OPTION = re.compile(rf"(?<![\w./-])({_OPTION_NAMES})(?:=(\S+?))?(?=[\s,;:)]|$)")
 
@@ -447,6 +447,45 @@ def serve(
     from ortgen.engine import EngineLimits
 
     run_server(model, host, port, EngineLimits(max_batch, max_queue, timeout), threads)
+
+
+@app.command()
+def embed(
+    texts: Annotated[list[str], typer.Argument(help="Texts to embed (one feature set each).")],
+    model: ModelDir = None,
+    pooling: Annotated[
+        str, typer.Option(help="none (per token), mean (over the tokens) or last (last token).")
+    ] = "none",
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise vectors.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write FILE.npy or FILE.json.")
+    ] = None,
+    device: Device = "cpu",
+    threads: Threads = None,
+) -> None:
+    """Final hidden states of TEXTS (transformers' feature-extraction), JSON on stdout."""
+    import numpy as np
+
+    from ortgen.generator import Generator
+
+    if output is not None and output.suffix not in (".npy", ".json"):
+        raise typer.BadParameter(f"--output must end in .npy or .json, got {output}")
+    text = [prompt_input.from_argument(t) for t in texts]
+    generator = Generator.from_dir(model, device=device, threads=threads)
+    features = generator.embed(text, pooling=pooling, normalize=normalize)
+    if output is not None and output.suffix == ".npy":
+        if pooling == "none" and len(features) > 1:
+            raise InvalidOptionError(
+                "per-token features of several texts differ in length: give one text, a "
+                "--pooling (mean, last), or a .json output"
+            )
+        np.save(output, features[0] if pooling == "none" else features)
+        return
+    encoded = json.dumps([f.tolist() for f in features])
+    if output is None:
+        print(encoded)
+    else:
+        output.write_text(encoded + "\n", encoding="utf-8")
 
 
 def print_jsonl(prompts: list[str], results: list) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ortgen.errors import ModelFolderError
 from ortgen.model import Model
 
 _LAST_ONLY = np.array([1], dtype=np.int64)  # logits_to_keep: the last position only
@@ -45,9 +46,12 @@ class DecodeState:
     def rows(self) -> int:
         raise NotImplementedError
 
-    def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], all_logits: bool = False, hidden: bool = False
+    ) -> np.ndarray:
         """Append one row per prompt. → last-position logits [N, V] float32, or with all_logits
-        [N, T, V] for every position, rows left-padded to the longest prompt (pads hold zeros)."""
+        [N, T, V] for every position, rows left-padded to the longest prompt (pads hold zeros).
+        hidden: the final hidden states (after ln_f) instead, [N, T, D] float32, left-padded."""
         raise NotImplementedError
 
     def step(self, ids: np.ndarray) -> np.ndarray:
@@ -57,6 +61,23 @@ class DecodeState:
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (ascending indices), in that order: finished rows leave the batch."""
         raise NotImplementedError
+
+    def select(self, rows: Sequence[int]) -> None:
+        """New row j continues old row rows[j]: any order, repeats allowed (beam search's
+        parents: a beam dropped, another one copied)."""
+        raise NotImplementedError
+
+    def _first_output(self, hidden: bool) -> str:
+        """The logits, or the final hidden states where the graph has them."""
+        if not hidden:
+            return self.manifest.tensors.logits
+        name = self.manifest.tensors.hidden_state
+        if not name:
+            raise ModelFolderError(
+                f"{self.model.folder} has no hidden-state output (exported by an older ortgen): "
+                "re-export it with `ortgen export` to get features"
+            )
+        return name
 
     def _feeds(self, ids: np.ndarray, positions: np.ndarray, all_logits: bool) -> dict:
         """Inputs common to both graphs. ids, positions: [B, T] int64."""
@@ -87,14 +108,19 @@ class GrowingCache(DecodeState):
     def rows(self) -> int:
         return self._mask.shape[0]
 
-    def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], all_logits: bool = False, hidden: bool = False
+    ) -> np.ndarray:
         ids, mask = _left_pad(prompts, self.model.pad_id)  # [N, T]
         m = self.manifest
         empty = np.zeros((len(prompts), m.num_heads, 0, m.head_dim), dtype=m.kv_dtype)
         positions = _prefill_positions(mask)
-        logits, cache = self._run(ids, mask, positions, [empty] * len(self._past), all_logits)
+        first = self._first_output(hidden)
+        out, cache = self._run(ids, mask, positions, [empty] * len(self._past), all_logits, first)
         self._join(mask, cache)
-        return logits if all_logits else logits[:, -1]
+        if hidden:  # [N, T, D]; pads hold zeros, as for SlotCache
+            return np.where(mask[..., None] == 1, out.astype(np.float32), np.float32(0))
+        return out if all_logits else out[:, -1]
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         self._mask = np.concatenate([self._mask, np.ones((self.rows, 1), np.int64)], axis=1)
@@ -102,6 +128,9 @@ class GrowingCache(DecodeState):
         tokens = np.asarray(ids, dtype=np.int64).reshape(-1, 1)  # [B, 1]
         logits, self._cache = self._run(tokens, self._mask, positions, self._cache)
         return logits[:, -1]
+
+    def select(self, rows: Sequence[int]) -> None:
+        self.keep(rows)  # fancy indexing: any order, repeats allowed
 
     def keep(self, rows: Sequence[int]) -> None:
         index = np.asarray(rows, dtype=np.int64)
@@ -113,12 +142,15 @@ class GrowingCache(DecodeState):
             self._mask = self._mask[:, start:]
             self._cache = [c[:, :, start:] for c in self._cache]
 
-    def _run(self, ids, mask, positions, cache, all_logits=False) -> tuple[np.ndarray, list]:
-        """One graph run → logits [B, T', V], presents 2L × [B, H, P + T, D]."""
+    def _run(
+        self, ids, mask, positions, cache, all_logits=False, first: str | None = None
+    ) -> tuple[np.ndarray, list]:
+        """One graph run → logits [B, T', V] (or the `first` output), presents 2L × [B, H, P + T,
+        D]."""
         feeds = self._feeds(ids, positions, all_logits)
         feeds[self.manifest.tensors.attention_mask] = mask
         feeds.update(zip(self._past, cache, strict=True))
-        names = [self.manifest.tensors.logits, *self._present]
+        names = [first or self.manifest.tensors.logits, *self._present]
         logits, *present = self.model.session.run(names, feeds)
         return logits, present
 
@@ -185,7 +217,10 @@ class SlotCache(DecodeState):
     def rows(self) -> int:
         return len(self._lengths)
 
-    def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> np.ndarray:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], all_logits: bool = False, hidden: bool = False
+    ) -> np.ndarray:
+        first, every = self._first_output(hidden), all_logits or hidden
         out = []
         for prompt in prompts:  # alone: a row's numbers never depend on the others
             row, length = self.rows, len(prompt)
@@ -193,10 +228,11 @@ class SlotCache(DecodeState):
             ids = np.asarray([prompt], dtype=np.int64)  # [1, T]
             positions = np.arange(length, dtype=np.int64)[None]  # [1, T]
             seqlens = np.array([length - 1], dtype=np.int32)
-            logits = self._run(ids, positions, slice(row, row + 1), seqlens, length, all_logits)
+            rows = slice(row, row + 1)
+            result = self._run(ids, positions, rows, seqlens, length, all_logits, first)
             self._lengths = np.append(self._lengths, np.int32(length))
-            out.append(logits[0] if all_logits else logits[0, -1])
-        return _stack_left_padded(out) if all_logits else np.stack(out)
+            out.append(result[0].astype(np.float32, copy=False) if every else result[0, -1])
+        return _stack_left_padded(out) if every else np.stack(out)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         rows = self.rows
@@ -221,10 +257,29 @@ class SlotCache(DecodeState):
                     buffer[target, :, :used] = buffer[source, :, :used]
         self._lengths = self._lengths[np.asarray(rows, dtype=np.int64)]
 
-    def _run(self, ids, positions, rows: slice, seqlens, total: int, all_logits: bool):
-        """One graph run with the cache buffers bound as past and present. → logits [B, T', V]."""
+    def select(self, rows: Sequence[int]) -> None:
+        rows = [int(r) for r in rows]
+        self._reserve(len(rows))
+        moves = [(target, source) for target, source in enumerate(rows) if target != source]
+        # A source slot that another row overwrites is read from a copy of its used prefix.
+        overwritten = {target for target, _ in moves}
+        saved = {
+            source: [b[source, :, : self._lengths[source]].copy() for b in self._buffers]
+            for _, source in moves
+            if source in overwritten
+        }
+        for target, source in moves:
+            used = int(self._lengths[source])
+            for k, buffer in enumerate(self._buffers):
+                prefix = saved[source][k] if source in saved else buffer[source, :, :used]
+                buffer[target, :, :used] = prefix
+        self._lengths = self._lengths[np.asarray(rows, dtype=np.int64)]
+
+    def _run(self, ids, positions, rows: slice, seqlens, total: int, all_logits: bool, first=None):
+        """One graph run with the cache buffers bound as past and present. → logits [B, T', V]
+        (or the `first` output: the hidden states [B, T, D])."""
         binding = self.model.session.io_binding()
-        binding.bind_output(self.manifest.tensors.logits, "cpu")
+        binding.bind_output(first or self.manifest.tensors.logits, "cpu")
         feeds = self._feeds(ids, positions, all_logits)
         feeds[self._seqlens] = np.ascontiguousarray(seqlens, dtype=np.int32)  # [B] = length - 1
         feeds[self._total] = np.array(total, dtype=np.int32)  # longest row after this run

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ortgen import beam
 from ortgen.decode_state import DecodeState
 from ortgen.errors import ContextLengthError, InvalidOptionError, ModelFolderError
 from ortgen.model import Model
@@ -68,17 +69,29 @@ class Generator:
         batched = bool(prompt_ids) and isinstance(prompt_ids[0], list | tuple)
         prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
         opts = self.options(**options)
+        if opts.num_beams > 1:
+            return self._shape(beam.generate_ids(self, prompts, opts), batched, opts)
         sequences = self.run(self.sequences(prompts, opts, text=bool(opts.stop)))
         return self._shape([s.ids for s in sequences], batched, opts)
 
-    def generate(self, prompt: str | list[str], **options: Any) -> str | list:
-        """The continuation of `prompt` (not including it). A list of prompts gives a list;
+    def generate(
+        self, prompt: str | list[str], return_full_text: bool = False, **options: Any
+    ) -> str | list:
+        """The continuation of `prompt` (with return_full_text, prompt + continuation, as
+        transformers' text-generation pipeline). A list of prompts gives a list;
         num_return_sequences > 1 gives a list of that many continuations per prompt."""
         batched = not isinstance(prompt, str)
-        prompts = [self.encode(p) for p in (prompt if batched else [prompt])]
+        texts = prompt if batched else [prompt]
+        prompts = [self.encode(p) for p in texts]
         opts = self.options(**options)
-        sequences = self.run(self.sequences(prompts, opts, text=True))
-        return self._shape([s.text for s in sequences], batched, opts)
+        if opts.num_beams > 1:
+            results = [self.tokenizer.decode(ids) for ids in beam.generate_ids(self, prompts, opts)]
+        else:
+            results = [s.text for s in self.run(self.sequences(prompts, opts, text=True))]
+        if return_full_text:
+            n = opts.num_return_sequences
+            results = [texts[i // n] + text for i, text in enumerate(results)]
+        return self._shape(results, batched, opts)
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
         """Text pieces as they are decided; they join to exactly what `generate` returns. Never
@@ -109,14 +122,27 @@ class Generator:
         self, prompts: list[list[int]], opts: GenerationOptions, text: bool = True
     ) -> list[Sequence]:
         """One Sequence per returned sequence: each prompt repeated num_return_sequences times."""
-        prompts = [self.fit_context(p, opts) for p in prompts]
+        if opts.num_beams > 1:
+            raise InvalidOptionError(
+                "beam search (num_beams > 1) runs through generate() / generate_ids() only: "
+                "streams and the serving engine decode one sequence per row"
+            )
+        resolved = [opts.for_prompt(len(p)) for p in prompts]  # max_length / min_length
+        prompts = [self.fit_context(p, o) for p, o in zip(prompts, resolved, strict=True)]
         stop_ids = self.stop_ids(opts)
         tokenizer = self.tokenizer if text else None
         return [
-            Sequence(prompt, opts, stop_ids, tokenizer, index)
-            for prompt in prompts
+            Sequence(prompt, o, stop_ids, tokenizer, index)
+            for prompt, o in zip(prompts, resolved, strict=True)
             for index in range(opts.num_return_sequences)
         ]
+
+    def embed(self, texts: str | list[str], pooling: str = "none", normalize: bool = False):
+        """Final hidden states (after ln_f) of `texts`, as transformers' feature-extraction
+        pipeline returns them; pooling "mean" / "last" and L2 `normalize`: see ortgen.features."""
+        from ortgen.features import embed
+
+        return embed(self, texts, pooling, normalize)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -160,6 +186,7 @@ class Generator:
         """The prompt itself, or its newest tokens with truncate_prompt="left"; else an error."""
         if not prompt:
             raise InvalidOptionError("the prompt is empty: give at least one token of text")
+        opts = opts.for_prompt(len(prompt))
         limit = self.manifest.max_positions
         room = limit - opts.max_new_tokens
         if len(prompt) <= room:

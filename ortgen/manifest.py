@@ -36,6 +36,7 @@ class TensorNames:
     logits: str = "logits"  # [B, T, V]
     present_key: str = "present.{i}.key"  # [B, H, P + T, D]
     present_value: str = "present.{i}.value"  # [B, H, P + T, D]
+    hidden_state: str | None = None  # [B, T, D] final hidden states (after ln_f); None: absent
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,25 @@ def test_state_starts_empty_and_counts_rows(generators):
     state.keep([1])
     assert state.rows == 1
     assert state.step(np.asarray([8])).shape == (1, generators["gpt2"].manifest.vocab_size)
+
+
+@pytest.mark.parametrize("graph", ["built", "portable"])
+def test_select_with_repeats_gives_the_logits_of_the_rows_it_copies(arch, graph, graph_generators):
+    generator, exact = graph_generators[arch, graph], EXACT[graph]
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11, 12]]
+    state = DecodeState.for_model(generator.model)
+    state.prefill(prompts)
+    first = state.step(np.asarray([20, 21, 22]))  # [3, V]
+    rows = [2, 0, 0, 1, 2]  # reordered, repeated, grown past the old count
+    state.select(rows)
+    assert state.rows == len(rows)
+    tokens = np.asarray([30, 31, 32, 33, 34])
+    after = state.step(tokens)  # [5, V]
+    for j, source in enumerate(rows):
+        alone = DecodeState.for_model(generator.model)
+        alone.prefill([prompts[source]])
+        assert np.abs(alone.step(np.asarray([20 + source]))[0] - first[source]).max() <= exact
+        want = alone.step(tokens[j : j + 1])[0]
+        assert np.abs(after[j] - want).max() <= exact, (j, source)
+    state.select([4, 1])  # shrinking, out of order
+    assert state.step(np.asarray([40, 41])).shape[0] == 2
