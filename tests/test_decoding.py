@@ -140,3 +140,88 @@ def test_truncate_prompt_left_keeps_the_newest_tokens(generators):
         generator.generate_ids(long, max_new_tokens=8)
     got = generator.generate_ids(long, max_new_tokens=8, truncate_prompt="left", ignore_eos=True)
     assert got == generator.generate_ids(long[-(limit - 8) :], max_new_tokens=8, ignore_eos=True)
+
+
+# ---- transformers' keywords -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(min_length=20, max_length=20), dict(max_length=15), dict(max_length=25, min_length=14)],
+    ids=["card", "max", "both"],
+)
+def test_max_length_and_min_length_count_the_prompt_like_transformers(
+    arch, settings, generators, references
+):
+    generator = generators[arch]
+    eos = generator.generate_ids(PROMPT_IDS, max_new_tokens=20, ignore_eos=True)[2]
+    config = GenerationConfig(do_sample=False, pad_token_id=generator.pad_id, eos_token_id=eos)
+    with torch.inference_mode():  # keywords, as the card calls it: a config's max_length of 20
+        out = references[arch].generate(  # would pass for transformers' default (+ prompt)
+            torch.tensor([PROMPT_IDS]), generation_config=config, **settings
+        )
+    expected = out[0, len(PROMPT_IDS) :].tolist()
+    got = generator.generate_ids(PROMPT_IDS, eos_token_id=eos, **settings)
+    assert got == expected
+    if settings == dict(min_length=20, max_length=20):  # the GPT-2 card's call
+        assert len(got) == 20 - len(PROMPT_IDS)
+
+
+def test_max_new_tokens_wins_over_max_length(generators):
+    from ortgen.errors import InvalidOptionError, OrtgenWarning
+
+    generator = generators["gpt2"]
+    with pytest.warns(OrtgenWarning, match="max_new_tokens wins"):
+        got = generator.generate_ids(PROMPT_IDS, max_new_tokens=5, max_length=30, ignore_eos=True)
+    assert len(got) == 5
+    with pytest.raises(InvalidOptionError, match="max_length"):
+        generator.generate_ids(PROMPT_IDS, max_length=len(PROMPT_IDS))
+
+
+def test_return_full_text_and_pad_token_id(generators):
+    generator = generators["gpt2"]
+    prompts, options = ["Once upon", "The old"], dict(max_new_tokens=8, ignore_eos=True)
+    texts = generator.generate(prompts, **options)
+    full = generator.generate(prompts, return_full_text=True, **options)
+    assert full == [p + t for p, t in zip(prompts, texts, strict=True)]
+    assert generator.generate(prompts, pad_token_id=0, **options) == texts  # outputs: no padding
+
+
+def test_generation_config_keys_honoured_ignored_or_warned_once(exported, tmp_path):
+    import json
+    import shutil
+    import warnings
+
+    from ortgen import Generator
+    from ortgen.options import IGNORED_CONFIG_KEYS
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported["gpt2"], folder)
+    config = dict(
+        max_length=30,
+        min_length=12,
+        num_beams=3,
+        length_penalty=1.5,
+        early_stopping="never",
+        num_return_sequences=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        transformers_version="4.57.6",
+        _from_model_config=True,
+        use_cache=True,
+        typical_p=0.9,
+        diversity_penalty=0.5,
+    )
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generator = Generator.from_dir(folder, threads=1)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "diversity_penalty, typical_p" in messages[0]
+    assert not any(key in messages[0].split(";")[0] for key in IGNORED_CONFIG_KEYS)
+    opts = generator.options()
+    honoured = {
+        k: getattr(opts, k) for k in config if k not in IGNORED_CONFIG_KEYS and k in dir(opts)
+    }
+    assert honoured == {k: config[k] for k in honoured} and len(honoured) == 7
+    assert len(generator.generate_ids([5, 17, 42], ignore_eos=True)) == 2  # beams, 2 returned
