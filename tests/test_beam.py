@@ -45,7 +45,7 @@ def _cut(row: list[int], eos: int | None) -> list[int]:
 def frequent_token(generator) -> int:
     """A token the model emits early: as EOS, hypotheses finish at different lengths."""
     free = generator.generate_ids(PROMPT, max_new_tokens=12, ignore_eos=True)
-    return free[3]
+    return free[2]
 
 
 CASES = {
@@ -71,6 +71,16 @@ def test_beam_search_equals_transformers(arch, case, generators, references):
     got = generator.generate_ids(PROMPT, max_new_tokens=NEW_TOKENS, eos_token_id=eos, **settings)
     n = settings.get("num_return_sequences", 1)
     assert (got if n > 1 else [got]) == expected
+
+
+def test_beam_cases_finish_hypotheses_at_eos_early(arch, generators):
+    """The EOS chosen above ends hypotheses before max_new_tokens: the finishing, early-stop and
+    length-penalty rules are all exercised."""
+    generator = generators[arch]
+    eos = frequent_token(generator)
+    options = dict(max_new_tokens=NEW_TOKENS, eos_token_id=eos, num_beams=4)
+    got = generator.generate_ids(PROMPT, num_return_sequences=4, **options)
+    assert any(ids[-1] == eos and len(ids) < NEW_TOKENS for ids in got)
 
 
 @pytest.mark.parametrize("early_stopping", [True, False, "never"])

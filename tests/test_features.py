@@ -118,3 +118,24 @@ def test_cli_embed_prints_json_and_writes_npy(exported, generators, tmp_path):
     assert np.array_equal(np.load(path), generator.embed(TEXTS[:1], normalize=True)[0])
     result = runner.invoke(app, ["embed", *TEXTS[:2], "-m", str(folder), "-o", str(path)])
     assert result.exit_code != 0 and "pooling" in result.output
+
+
+def test_optimum_runs_the_folder_with_the_extra_output(arch, exported, generators):
+    """The hidden-state output is harmless to clients that read outputs by name."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(
+        exported[arch], file_name="model.onnx", use_cache=True, use_io_binding=False
+    )
+    assert "last_hidden_state" in [o.name for o in model.session.get_outputs()]
+    ids = [5, 17, 42, 99, 7, 63, 12]
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    want = generators[arch].generate_ids(ids, max_new_tokens=12, ignore_eos=True)
+    assert out[0, len(ids) :].tolist() == want
