@@ -151,13 +151,18 @@ def test_truncate_prompt_left_keeps_the_newest_tokens(generators):
     ids=["card", "max", "both"],
 )
 def test_max_length_and_min_length_count_the_prompt_like_transformers(
-    arch, settings, generators, references
+    arch, settings, generators, checkpoints
 ):
+    from transformers import AutoModelForCausalLM
+
+    # A model of its own: after other tests' generate calls, the shared reference treated the
+    # card's max_length=20 (transformers' default value) as unset and added the prompt length.
+    model = AutoModelForCausalLM.from_pretrained(checkpoints[arch], attn_implementation="eager")
     generator = generators[arch]
     eos = generator.generate_ids(PROMPT_IDS, max_new_tokens=20, ignore_eos=True)[2]
     config = GenerationConfig(do_sample=False, pad_token_id=generator.pad_id, eos_token_id=eos)
     with torch.inference_mode():  # keywords, as the card calls it: a config's max_length of 20
-        out = references[arch].generate(  # would pass for transformers' default (+ prompt)
+        out = model.eval().generate(  # would pass for transformers' default (+ prompt)
             torch.tensor([PROMPT_IDS]), generation_config=config, **settings
         )
     expected = out[0, len(PROMPT_IDS) :].tolist()

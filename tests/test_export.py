@@ -107,6 +107,9 @@ def test_parity_check_fails_on_a_wrong_graph(checkpoints, references, exported, 
     array[0, :] += 0.05  # a small corruption in one attention weight
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
     onnx.save(model, str(broken / "model.onnx"))
+    # Only the portable graph: the in-place one would refuse the changed file before any check.
+    manifest = json.loads((broken / "ortgen.json").read_text())
+    (broken / "ortgen.json").write_text(json.dumps({**manifest, "inplace": {}}))
     prompts = [np.arange(1, 20).tolist()] * 3
     with pytest.raises(ParityError, match="parity check failed"):
         parity.check_parity(
