@@ -3,6 +3,7 @@ every kind become one line on stderr and a non-zero exit code, in one place (`_O
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from ortgen.errors import (
     OrtgenWarning,
     first_line,
 )
+from ortgen.options import GenerationOptions
 
 EXIT_ERROR = 1  # the request could not be carried out
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -261,6 +263,21 @@ def generate(
     truncate_prompt: Annotated[
         str | None, typer.Option(help="'left': drop the oldest prompt tokens to fit the context.")
     ] = None,
+    num_beams: Annotated[
+        int | None, typer.Option(help="Beam search over N beams (1: off).")
+    ] = None,
+    length_penalty: Annotated[
+        float | None, typer.Option(help="Beam search: score ÷ length ** this.")
+    ] = None,
+    early_stopping: Annotated[
+        str | None, typer.Option(help="Beam search: true, false or never.")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Prompt + new tokens at most (--max-new-tokens wins).")
+    ] = None,
+    min_length: Annotated[
+        int | None, typer.Option(help="Forbid EOS until prompt + new tokens reach this.")
+    ] = None,
     prompts_file: Annotated[
         Path | None,
         typer.Option(help="One prompt per line, or JSONL with a 'prompt' field; writes JSONL."),
@@ -279,22 +296,10 @@ def generate(
         raise typer.BadParameter("give either PROMPT or --prompts-file FILE (one of them)")
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be ≥ 1, got {batch_size}")
-    options = dict(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        stop=tuple(stop) if stop else None,
-        num_return_sequences=num_return_sequences,
-        seed=seed,
-        eos_token_id=eos_token_id,
-        ignore_eos=ignore_eos or None,
-        truncate_prompt=truncate_prompt,
-    )
+    given = locals()
+    options = {name: given[name] for name in GENERATION_OPTIONS}  # the dataclass's fields
+    options |= dict(stop=tuple(stop) if stop else None, ignore_eos=ignore_eos or None)
+    options["early_stopping"] = _early_stopping(early_stopping)
     text = None  # every prompt is read and checked before the model loads
     if prompt is not None:
         text = prompt_input.from_stdin() if prompt == "-" else prompt_input.from_argument(prompt)
@@ -321,6 +326,22 @@ def generate(
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+# Every GenerationOptions field is a `generate` option of the same name, except these (the
+# Python API's only): tests/test_cli.py checks the signature against the dataclass.
+API_ONLY = ("pad_token_id",)
+GENERATION_OPTIONS = tuple(
+    f.name for f in dataclasses.fields(GenerationOptions) if f.name not in API_ONLY
+)
+
+
+def _early_stopping(value: str | None) -> bool | str | None:
+    """--early-stopping true|false|never → transformers' True / False / "never"."""
+    choices = {"true": True, "false": False, "never": "never", None: None}
+    if value not in choices:
+        raise typer.BadParameter(f"--early-stopping must be true, false or never, got {value!r}")
+    return choices[value]
 
 
 def resolve_options(generator, options: dict):
@@ -366,7 +387,6 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Perplexity of a text file under the model, and tokens/s, to compare precisions."""
-    import dataclasses
 
     from ortgen.evaluation import evaluate as run_evaluation
     from ortgen.generator import Generator
@@ -402,7 +422,6 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Prefill and decode speed of a model folder, with per-token latency percentiles."""
-    import dataclasses
 
     from ortgen.benchmark import measure
     from ortgen.generator import Generator

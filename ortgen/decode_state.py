@@ -13,6 +13,7 @@ Two layouts, one interface:
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 
 import numpy as np
@@ -305,4 +306,14 @@ class SlotCache(DecodeState):
 
     def _zeros(self, slots: int) -> np.ndarray:
         m = self.manifest
-        return np.zeros((slots, m.num_heads, m.max_positions, m.head_dim), dtype=m.kv_dtype)
+        return _lazy_zeros((slots, m.num_heads, m.max_positions, m.head_dim), m.kv_dtype)
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Zeros in an anonymous memory map: the kernel supplies zero pages when first touched, so a
+    slot costs memory for the tokens written, not for max_positions. (np.zeros promises this only
+    above malloc's mmap threshold, which glibc raises after frees: then every page is touched.)"""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not size:
+        return np.zeros(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)

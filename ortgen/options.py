@@ -192,24 +192,11 @@ def _capped_min(min_new_tokens: int, max_new_tokens: int) -> int:
     return max_new_tokens
 
 
-# generation_config.json keys ortgen honours, with transformers' meaning.
-_CONFIG_KEYS = (
-    "max_new_tokens",
-    "max_length",
-    "min_new_tokens",
-    "min_length",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "num_return_sequences",
-    "pad_token_id",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "eos_token_id",
+# Options that are ortgen's run-time controls, not transformers' generation_config keys.
+RUNTIME_ONLY = ("stop", "seed", "ignore_eos", "truncate_prompt")
+# generation_config.json keys ortgen honours, with transformers' meaning: every other field.
+_CONFIG_KEYS = tuple(
+    f.name for f in dataclasses.fields(GenerationOptions) if f.name not in RUNTIME_ONLY
 )
 
 

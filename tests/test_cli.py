@@ -250,3 +250,36 @@ def test_bench_command_reports_speed(exported):
     assert record["token_latency_ms"]["p50"] <= record["token_latency_ms"]["p99"]
     too_long = run("bench", str(exported["gpt2"]), "--prompt-tokens", "500")
     assert_one_line_error(too_long, 2, "--prompt-tokens")
+
+
+def test_generate_options_are_the_dataclass_fields():
+    """One list of generation options: every GenerationOptions field is a `generate` option of
+    the same name (flags derived from it), except the Python-only ones the CLI declares."""
+    import dataclasses
+
+    import typer.main
+
+    from ortgen.cli import API_ONLY
+    from ortgen.options import GenerationOptions
+
+    command = typer.main.get_command(app).commands["generate"]
+    params = {p.name for p in command.params}
+    fields = {f.name for f in dataclasses.fields(GenerationOptions)}
+    assert fields - set(API_ONLY) <= params
+    assert set(API_ONLY) <= fields and not set(API_ONLY) & params
+
+
+def test_beam_flags_reach_beam_search(exported):
+    from ortgen import Generator
+
+    folder = exported["gpt2"]
+    args = ["--num-beams", "3", "--early-stopping", "true", "--max-new-tokens", "8", "--json"]
+    result = run("generate", "Once upon", "-m", str(folder), "--greedy", *args)
+    assert result.exit_code == 0, result.output
+    text = json.loads(next(ln for ln in result.output.splitlines() if ln.startswith("[")))
+    expected = Generator.from_dir(folder).generate(
+        "Once upon", num_beams=3, early_stopping=True, max_new_tokens=8, do_sample=False
+    )
+    assert text == [{"generated_text": "Once upon" + expected}]
+    bad = run("generate", "hi", "-m", str(folder), "--early-stopping", "maybe")
+    assert_one_line_error(bad, 2, "--early-stopping")
