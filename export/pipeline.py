@@ -19,6 +19,7 @@ from ortgen_export.folder import (
     refuse_existing,
     staged_folder,
 )
+from ortgen_export.graph import EXTERNAL_DATA_THRESHOLD
 from ortgen_export.source import Checkpoint, load_checkpoint, load_config, locate
 
 STAGES = ("load", "export", "optimize", "check", "write")
@@ -33,14 +34,14 @@ class ExportOptions:
     """What `ortgen export` builds."""
 
     precision: str = "fp32"  # fp32, fp16 (for CUDA), int8 or int4 (int8 compute on CPU)
-    block_size: int | None = None  # weights per scale along K: default 32 (int4), 128 (int8)
+    block_size: int | None = None  # weights per scale along K: default 32 (int4), 64 (int8)
     accuracy_level: int = 4  # int8 / int4: MatMulNBits compute type (4: int8 activations)
     optimize: bool = True  # run operator fusion (SkipLayerNormalization, FastGelu, …)
     allow_partial: bool = False  # accept a quantized model with some linear layers left float
     min_agreement: float | None = None  # int8 / int4: replaces the top-1 / greedy thresholds
     graph: str = "built"  # "built": written with contrib ops (fast); "traced": optimum's tracer
     # Weights above this many bytes are written to model.onnx.data (lowered by tests only)
-    external_data_threshold: int = graph.EXTERNAL_DATA_THRESHOLD
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -60,7 +61,7 @@ class ExportOptions:
 
     def quant_config(self) -> quantize.QuantConfig:
         bits = _BITS[self.precision]
-        block = self.block_size or (32 if bits == 4 else 128)
+        block = self.block_size or (32 if bits == 4 else 64)
         return quantize.QuantConfig(bits, block, self.accuracy_level)
 
 

@@ -1,6 +1,8 @@
 """Quantization of every linear layer, the LM head included, as symmetric blocks along K in
 `MatMulNBits` (8 or 4 bits; int8 compute on CPU). Activations are quantized per row and block, so
-a row's result never depends on the rows batched with it. Embedding tables become
+a row's result never depends on the rows batched with it. (ONNX Runtime's 8-bit kernels compute a
+lone row differently from rows in pairs at blocks of 128 or more: int8 uses blocks of 64, where
+both agree bit for bit — tests/test_trained.py checks it.) Embedding tables become
 `GatherBlockQuantized`; a tied embedding shares the LM head's packed bytes, so it is stored once.
 (`per_tensor_activations` keeps the older int8 format, `DynamicQuantizeMatMul`: faster prefill
 GEMMs, but one activation scale per batch — batch-variant; for measurements only.)"""

@@ -23,10 +23,6 @@ from ortgen.model import Model
 
 _LAST_ONLY = np.array([1], dtype=np.int64)  # logits_to_keep: the last position only
 _ALL = np.array([0], dtype=np.int64)  # logits_to_keep: every position
-# Decode steps run an even number of rows. ONNX Runtime's 8-bit MatMulNBits (AVX-512 VNNI)
-# computes rows in pairs, and a lone row through another kernel whose numbers differ: with an
-# even count every row always takes the pair kernel, which treats each row on its own.
-_ROW_MULTIPLE = 2
 
 
 class DecodeState:
@@ -236,19 +232,12 @@ class SlotCache(DecodeState):
         return _stack_left_padded(out) if every else np.stack(out)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        rows = self.rows
         tokens = np.asarray(ids, dtype=np.int64).reshape(-1, 1)  # [B, 1]
         positions = self._lengths[:, None].astype(np.int64)  # [B, 1]: the new token's slot
-        seqlens = self._lengths
-        if rows % _ROW_MULTIPLE:  # a spare slot runs a dummy token that attends to itself only
-            self._reserve(rows + 1)
-            tokens = np.append(tokens, [[self.model.pad_id]], axis=0)
-            positions = np.append(positions, [[0]], axis=0)
-            seqlens = np.append(seqlens, np.int32(0))
         total = int(self._lengths.max()) + 1
-        logits = self._run(tokens, positions, slice(0, len(tokens)), seqlens, total, False)
+        logits = self._run(tokens, positions, slice(0, self.rows), self._lengths, total, False)
         self._lengths = self._lengths + 1
-        return logits[:rows, -1]
+        return logits[:, -1]
 
     def keep(self, rows: Sequence[int]) -> None:
         for target, source in enumerate(rows):  # ascending: a slot moves down, never up
