@@ -1,6 +1,6 @@
 """Tiny GPT-2 and GPT-Neo checkpoints, fitted for a few seconds to template text with the training
 code of the default model, and a byte-level BPE tokenizer trained locally — for tests that must not
-reach the hub. GPT-Neo gets global and local layers with a window shorter than the test sequences."""
+reach the hub. GPT-Neo gets global and local layers, a window shorter than the test sequences."""
 
 from __future__ import annotations
 
