@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ortgen import Generator
-from ortgen.decode_state import DecodeState
+from ortgen.decode_state import DecodeState, left_padded
 from ortgen.errors import InvalidOptionError, ParityError
 
 GREEDY_TOKENS = 32  # reference greedy continuation: cached steps checked, tokens compared
@@ -219,10 +219,7 @@ def _onnx_along(generator: Generator, ids: list[int], greedy: list[int]) -> np.n
 def _batch_diff(model: Any, generator: Generator, prompts: list[list[int]]) -> float:
     """All prompts prefilled as one batch (left-padded for transformers and the portable graph),
     compared at real positions."""
-    width = max(map(len, prompts))
-    mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # [B, T]
-    ids = np.asarray([[generator.pad_id] * (width - len(p)) + p for p in prompts])
-    positions = np.where(mask == 0, 1, np.cumsum(mask, axis=-1) - 1)
+    ids, mask, positions = left_padded(prompts, generator.pad_id)  # [B, T] each
     state = DecodeState.for_model(generator.model)
     onnx_logits = state.prefill(prompts, all_logits=True)  # [B, T, V]
     ref = model(

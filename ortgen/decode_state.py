@@ -177,6 +177,15 @@ def _pad_left(array: np.ndarray, width: int, axis: int = 1) -> np.ndarray:
     return np.pad(array, pad)
 
 
+def left_padded(
+    prompts: Sequence[Sequence[int]], pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """transformers' batch layout of `prompts` (for oracles that feed it): input_ids, attention
+    mask and position ids, all [N, T] int64, pads first."""
+    ids, mask = _left_pad(prompts, pad_id)
+    return ids, mask, _prefill_positions(mask)
+
+
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad prompts to one length. → input_ids [N, T], attention_mask [N, T] (int64)."""
     width = max(len(p) for p in prompts)

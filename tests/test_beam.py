@@ -11,22 +11,16 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from ortgen.decode_state import left_padded
 from ortgen.errors import InvalidOptionError
 
 PROMPT = [5, 17, 42, 99, 7, 63, 12]
 NEW_TOKENS = 24
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = [[pad_id] * (width - len(p)) + p for p in prompts]
-    mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
-    return torch.tensor(ids), torch.tensor(mask)
-
-
 def reference_beams(model, prompts, pad_id, eos, **settings) -> list[list[list[int]]]:
     """transformers' hypotheses per prompt, generated ids only (trailing fill removed)."""
-    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = (torch.from_numpy(a) for a in left_padded(prompts, pad_id)[:2])
     config = GenerationConfig(do_sample=False, pad_token_id=pad_id, eos_token_id=eos, **settings)
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=mask, generation_config=config)

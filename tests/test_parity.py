@@ -10,7 +10,7 @@ import torch
 from checkpoints import WINDOW
 from transformers import GenerationConfig
 
-from ortgen.decode_state import DecodeState
+from ortgen.decode_state import DecodeState, left_padded
 from ortgen_export.parity import THRESHOLDS
 
 ATOL = THRESHOLDS["fp32"].max_abs_diff  # the one tolerance table: the export's
@@ -21,16 +21,8 @@ def prompt(length: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(1, 300, size=length).tolist()
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """transformers' batch layout: ids and mask [B, T], pads first."""
-    width = max(map(len, prompts))
-    ids = np.asarray([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
-    mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
-    return ids, mask
-
-
 def reference_greedy(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> list:
-    ids, mask = left_pad(prompts, pad_id)
+    ids, mask, _ = left_padded(prompts, pad_id)
     config = GenerationConfig(
         max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad_id
     )
