@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from test_cli import assert_one_line_error, run
 
 # The real CLI in a child process, paused (holding its lock and staging folder) when the "check"
@@ -95,17 +94,9 @@ def test_result_permissions_follow_the_umask(checkpoints, tmp_path):
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750  # mkdtemp alone gives 0700
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
-def test_unwritable_output_dir_is_refused_before_loading(checkpoints, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o555)
-    result = run("export", str(checkpoints["gpt2"]), str(locked / "out"))
-    assert_one_line_error(result, 1, f"cannot write to {locked}")
-    assert list(locked.iterdir()) == []
-
-
 def test_unwritable_output_dir_is_refused_on_a_read_only_path(checkpoints):
-    # /proc refuses writes even to root: the check happens before the model is loaded.
+    # /proc refuses writes to everyone, root included (CI runs as root, where a mode-0555 folder
+    # would not stop anything): the check happens before the model is loaded.
     result = run("export", str(checkpoints["gpt2"]), "/proc/ortgen-out")
     assert_one_line_error(result, 1, "cannot write to /proc")
 
