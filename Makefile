@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[cpu,export,serve,test]'
+	$(BIN)/pip install --quiet -e '.[cpu,export,serve,test,ray]'
 	touch $(STAMP)
 
 test: $(STAMP)

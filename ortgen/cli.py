@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -505,6 +506,51 @@ def embed(
         print(encoded)
     else:
         output.write_text(encoded + "\n", encoding="utf-8")
+
+
+@app.command()
+def batch(
+    prompts: Annotated[
+        Path, typer.Argument(help="JSONL or plain-lines file of prompts, or a folder of them.")
+    ],
+    output: Annotated[Path, typer.Argument(help="Folder of JSONL shards (rerun to resume).")],
+    model: ModelDir = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="A generate option for all records: NAME=JSON."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Run seed: a record without one gets its own.")] = 0,
+    ray: Annotated[
+        str | None, typer.Option(help="Run on Ray: local, auto or a cluster address.")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="Processes (Ray: actors), a model each.")] = 1,
+    threads_per_actor: Annotated[int, typer.Option(help="ONNX Runtime threads each.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Records per call and per shard.")] = 16,
+    ship_model: Annotated[
+        bool, typer.Option("--ship-model", help="Ray: send the model via the object store.")
+    ] = False,
+) -> None:
+    """Generate for every record of PROMPTS into OUTPUT's JSONL shards, here or on Ray."""
+    from ortgen.batch import BatchJob, parse_options, run_job
+
+    options = parse_options(option or [])
+    job = BatchJob(prompts, output, model, options, seed, actors, threads_per_actor, batch_size)
+    job = dataclasses.replace(job, ray=ray, ship_model=ship_model)
+    tty, shown = sys.stderr.isatty(), [0.0]
+
+    def show(progress) -> None:
+        if progress.done == progress.total or time.monotonic() - shown[0] >= 1.0:
+            shown[0] = time.monotonic()
+            print(progress.line(), end="\r" if tty else "\n", file=sys.stderr, flush=True)
+
+    summary = run_job(job, show)
+    end = "\n" if tty else ""  # after the progress line's \r
+    print(
+        f"{end}{summary.written} records written to {output} "
+        f"({summary.errors} with errors, {summary.skipped} already there) "
+        f"in {summary.seconds:.1f} s",
+        file=sys.stderr,
+    )
 
 
 def print_jsonl(prompts: list[str], results: list) -> None:

@@ -13,7 +13,7 @@ BLOCK = textwrap.dedent(
 
     class Forbid(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"torch", "transformers", "optimum", "onnx"}:
+            if name.split(".")[0] in {"torch", "transformers", "optimum", "onnx", "ray"}:
                 raise ImportError(f"{name} is forbidden in the runtime")
             return None
 
@@ -31,8 +31,8 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_import_ortgen_loads_no_torch():
     result = run_python(
         """
-        import ortgen, ortgen.cli
-        heavy = {"torch", "transformers", "optimum", "onnx"} & set(sys.modules)
+        import ortgen, ortgen.cli, ortgen.batch
+        heavy = {"torch", "transformers", "optimum", "onnx", "ray"} & set(sys.modules)
         assert not heavy, heavy
         """
     )
