@@ -248,18 +248,30 @@ class RecordWorker:
 
     def _generate(self, records: list[dict], options: dict) -> list[dict]:
         try:
-            texts = self.generator.generate([r["prompt"] for r in records], **options)
+            results = self._results(records, options)
         except (OrtgenError, TypeError, ValueError) as err:
             if len(records) == 1:
                 return [_error(records[0], err)]
             return [self._generate([r], options)[0] for r in records]  # find the bad ones
-        return [self._result(r, t, options) for r, t in zip(records, texts, strict=True)]
+        return results
 
-    def _result(self, record: dict, text: str, options: dict) -> dict:
-        """Token counts by the tokenizer: the prompt as generated (truncated to fit where
-        asked), the continuation re-encoded; "length" when it used all of max_new_tokens."""
+    def _results(self, records: list[dict], options: dict) -> list[dict]:
+        """One batch through the generator's sequences: exact token counts and finish reasons
+        (beam search and several sequences per record go through generate(), counted by
+        re-encoding the text)."""
+        generator = self.generator
+        opts = generator.options(**options)
+        prompts = [generator.encode(r["prompt"]) for r in records]
+        if opts.num_beams > 1 or opts.num_return_sequences > 1:
+            texts = generator.generate([r["prompt"] for r in records], **options)
+            texts = [t[0] if isinstance(t, list) else t for t in texts]
+            return [self._estimate(r, t, opts) for r, t in zip(records, texts, strict=True)]
+        sequences = generator.run(generator.sequences(prompts, opts, text=True))
+        return [_result(r, s) for r, s in zip(records, sequences, strict=True)]
+
+    def _estimate(self, record: dict, text: str, opts) -> dict:
         prompt = len(self.generator.encode(record["prompt"]))
-        new = self.generator.options(**options).for_prompt(prompt).max_new_tokens
+        new = opts.for_prompt(prompt).max_new_tokens
         generated = len(self.generator.encode(text)) if text else 0
         return {
             "id": record["id"],
@@ -269,6 +281,18 @@ class RecordWorker:
             "generated_tokens": generated,
             "finish_reason": "length" if generated >= new else "stop",
         }
+
+
+def _result(record: dict, sequence) -> dict:
+    """A record's result from its finished Sequence (ids and finish reason as generated)."""
+    return {
+        "id": record["id"],
+        "prompt": record["prompt"],
+        "generated_text": record["prompt"] + sequence.text,
+        "prompt_tokens": len(sequence.prompt),
+        "generated_tokens": len(sequence.ids),
+        "finish_reason": sequence.finish_reason,
+    }
 
 
 def _error(record: dict, err: BaseException) -> dict:

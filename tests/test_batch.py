@@ -188,3 +188,22 @@ def test_killed_run_resumes_to_the_same_output_without_duplicates(exported, tmp_
 
 def count_lines(folder: Path) -> int:
     return sum(p.read_text().count("\n") for p in folder.glob("shard-*.jsonl"))
+
+
+def test_token_counts_and_finish_reasons_are_the_generated_ones(exported, tmp_path):
+    """Counts come from the generated ids, not from re-encoding the text; a record whose EOS
+    comes early says "stop", one that uses all its tokens says "length"."""
+    generator = Generator.from_dir(exported["gpt2"])
+    ids = generator.encode("Once upon a time")
+    free = generator.generate_ids(ids, max_new_tokens=12, do_sample=False, ignore_eos=True)
+    records = [
+        {"id": "eos", "prompt": "Once upon a time", "eos_token_id": free[3], "max_new_tokens": 12},
+        {"id": "long", "prompt": "Once upon a time", "ignore_eos": True, "max_new_tokens": 12},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    run_job(BatchJob(source, tmp_path / "out", exported["gpt2"], {"do_sample": False}))
+    out = read_output(tmp_path / "out")
+    assert out["eos"]["generated_tokens"] == free.index(free[3]) + 1
+    assert out["eos"]["finish_reason"] == "stop"
+    assert (out["long"]["generated_tokens"], out["long"]["finish_reason"]) == (12, "length")
+    assert out["long"]["prompt_tokens"] == len(ids)
