@@ -215,20 +215,27 @@ class RecordWorker:
         return {"result": np.asarray(lines, dtype=object), "tokens": np.asarray(tokens)}
 
     def run(self, records: list[dict]) -> list[dict]:
-        """Records with identical options (greedy ones, mostly) are generated as one batch."""
+        """Every record of the call decodes in one batch, each with its own options and seed
+        (a row's tokens never depend on its neighbours); beam-search records run on their own."""
         results: list[dict | None] = [None] * len(records)
-        groups: dict[str, list[int]] = {}
+        rows = []  # (record index, its Sequence)
         for i, record in enumerate(records):
             try:
                 options = self.record_options(record)
+                resolved = self.generator.options(**options)
+                if resolved.num_beams > 1:
+                    results[i] = self._generate([record], options)[0]
+                    continue
+                prompt = self.generator.encode(record["prompt"])
+                [sequence] = self.generator.sequences([prompt], resolved, text=True)
             except (OrtgenError, TypeError, ValueError) as err:
                 results[i] = _error(record, err)
                 continue
-            groups.setdefault(json.dumps(options, sort_keys=True), []).append(i)
-        for key, members in groups.items():
-            generated = self._generate([records[i] for i in members], json.loads(key))
-            for i, result in zip(members, generated, strict=True):
-                results[i] = result
+            rows.append((i, sequence))
+        if rows:
+            self.generator.run([sequence for _, sequence in rows])
+            for i, sequence in rows:
+                results[i] = _result(records[i], sequence)
         return results
 
     def record_options(self, record: dict) -> dict:
