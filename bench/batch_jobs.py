@@ -32,16 +32,20 @@ SETUPS = {
 
 
 def write_prompts(model: Path, count: int, path: Path, seed: int = 0) -> None:
-    """`count` records of 16–64 random-id tokens decoded to text (their length re-encoded is
-    close to, not exactly, the drawn one)."""
+    """`count` records whose prompts encode to 16–64 tokens: random words drawn from the model's
+    own vocabulary, kept only while the text re-encodes to the drawn length (a random-weight
+    checkpoint's synthetic vocabulary decodes to bytes: its filler tokens would not survive)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
-    vocab = tokenizer.get_vocab_size()
+    letters = "abcdefghijklmnopqrstuvwxyz"
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as file:
         for i in range(count):
-            ids = [rng.randrange(min(100, vocab // 2), vocab) for _ in range(rng.randint(16, 64))]
+            want, text = rng.randint(16, 64), ""
+            while len(tokenizer.encode(text).ids) < want:
+                text += " " + "".join(rng.choice(letters) for _ in range(rng.randint(1, 6)))
+            ids = tokenizer.encode(text).ids[:want]
             record = {"id": f"p{i}", "prompt": tokenizer.decode(ids)}
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
