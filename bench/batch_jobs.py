@@ -116,7 +116,8 @@ def main() -> None:
     shutil.rmtree(work)
     lines = [header(args.model, args), ""]
     lines += [
-        f"{'setup':<10} {'records/s':>10} {'tokens/s':>10} {'wall s':>8} {'vs local 2×1':>13}"
+        f"{'setup':<10} {'records/s':>10} {'tokens/s':>10} {'wall s':>8} {'vs local 2×1':>13} "
+        f"{'errors':>7}"
     ]
     seconds = {s: statistics.median(r["seconds"] for r in runs[s]) for s in SETUPS}
     for setup, results in runs.items():

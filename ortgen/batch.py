@@ -197,22 +197,25 @@ class ShardWriter:
 
 class RecordWorker:
     """Loads the model once and turns records into result records. Ray's `map_batches` calls it
-    with {"record": [JSON]}; local worker processes call `run` with the records themselves."""
+    with {"records": [JSON list of one batch's records]}; local worker processes call `run` with
+    the records themselves."""
 
     def __init__(self, model: str | None, threads: int, options: dict, seed: int, shipped=None):
         from ortgen.generator import Generator
 
-        folder = _unpack(shipped[0]) if shipped else model
+        folder = _unpack(*shipped) if shipped else model
         self.generator = Generator.from_dir(folder, threads=threads)
         self.options, self.seed = options, seed
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        results = self.run([json.loads(r) for r in batch["record"]])
-        lines = [json.dumps(r, ensure_ascii=False) for r in results]
-        tokens = [r.get("generated_tokens", 0) for r in results]
-        return {"result": np.asarray(lines, dtype=object), "tokens": np.asarray(tokens)}
+        shards, tokens = [], []
+        for batch in rows["records"]:  # one row per batch: Ray's blocks never re-split ours
+            results = self.run(json.loads(batch))
+            shards.append(json.dumps([json.dumps(r, ensure_ascii=False) for r in results]))
+            tokens.append(sum(r.get("generated_tokens", 0) for r in results))
+        return {"lines": np.asarray(shards, dtype=object), "tokens": np.asarray(tokens)}
 
     def run(self, records: list[dict]) -> list[dict]:
         """Every record of the call decodes in one batch, each with its own options and seed
@@ -306,22 +309,37 @@ def _error(record: dict, err: BaseException) -> dict:
     return {"id": record["id"], "prompt": record.get("prompt"), "error": first_line(err)}
 
 
-def _pack(folder: Path) -> dict[str, bytes]:
-    return {
+def _pack(folder: Path) -> tuple[dict[str, bytes], str]:
+    """The model folder's files, and a digest of them naming its copy on every node."""
+    files = {
         p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
     }
+    digest = hashlib.blake2b(digest_size=12)
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.blake2b(files[name]).digest())
+    return files, digest.hexdigest()
 
 
-def _unpack(files_ref) -> str:
-    """The shipped model folder written to this node's temp dir (once per actor)."""
+def _unpack(files_ref, digest: str) -> str:
+    """The shipped model folder on this node: one copy per model in the temp dir, named by its
+    digest and shared by every actor and run (written under a temp name, then renamed), so
+    actors that Ray kills leave nothing new behind."""
+    import shutil
     import tempfile
 
     import ray
 
-    folder = Path(tempfile.mkdtemp(prefix="ortgen-model-"))
+    folder = Path(tempfile.gettempdir()) / f"ortgen-model-{digest}"
+    if (folder / "ortgen.json").is_file():
+        return str(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     for name, data in ray.get(files_ref).items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_bytes(data)
+    try:
+        staging.rename(folder)
+    except OSError:  # another actor got there first: its copy is the same bytes
+        shutil.rmtree(staging, ignore_errors=True)
     return str(folder)
 
 
@@ -435,19 +453,23 @@ def _ray_results(job: BatchJob, batches: list[list[dict]]) -> Iterator[tuple[lis
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on stderr
         args = _worker_args(job)
         if job.ship_model:
-            folder = Path(args["model"] or default_model())
-            args.update(model=None, shipped=[ray.put(_pack(folder))])  # a list: the ref as is
-        rows = [{"record": json.dumps(r)} for batch in batches for r in batch]
+            files, digest = _pack(Path(args["model"] or default_model()))
+            args.update(model=None, shipped=[ray.put(files), digest])  # a list: the ref as is
+        # One dataset row per batch (its records as one JSON list) and one row per call: Ray's
+        # block boundaries would otherwise cut batches into small remainders (1000 records in
+        # blocks of 20 ran as batches of 16 + 4, each 4 costing 40 % of a 16: +15 % wall time).
+        rows = [{"records": json.dumps(batch)} for batch in batches]
         results = ray.data.from_items(rows).map_batches(
             RecordWorker,
             fn_constructor_kwargs=args,
-            batch_size=job.batch_size,
+            batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=job.actors),
             num_cpus=job.threads_per_actor,
         )
         for out in results.iter_batches(batch_size=None, batch_format="numpy"):
-            yield list(out["result"]), int(out["tokens"].sum())
+            for lines, tokens in zip(out["lines"], out["tokens"], strict=True):
+                yield json.loads(lines), int(tokens)
     finally:
         if started:
             ray.shutdown()

@@ -10,13 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from ortgen import Generator
-from ortgen.batch import BatchJob, record_seed, run_job
+from ortgen.batch import BatchJob, _pack, record_seed, run_job
 
 RUN_SEED = 7
 RUN_OPTIONS = {"max_new_tokens": 8}
@@ -92,6 +93,9 @@ def test_ray_two_actors_equal_generate_record_by_record(ray_cluster, exported, t
         r["id"]: expected_text(generator, r) for r in records
     }
     assert {r["finish_reason"] for r in output.values()} == {"stop", "length"}
+    # Ray runs the job's own batches (one shard each), never pieces cut at its block boundaries
+    sizes = sorted(count_lines(p.parent, p.name) for p in (tmp_path / "out").glob("shard-*"))
+    assert sizes == [200 % 16] + [16] * (200 // 16)
     sampled = [output[r["id"]] for r in records if r.get("do_sample")]
     assert len({r["generated_text"][len(r["prompt"]) :] for r in sampled}) > 1
 
@@ -134,6 +138,10 @@ def test_ray_reports_malformed_records_and_completes_the_rest(ray_cluster, expor
     assert all(output[r["id"]]["generated_text"] == expected_text(generator, r) for r in good)
     assert output["cut"]["prompt_tokens"] == 128 - RUN_OPTIONS["max_new_tokens"]
     assert output["prompts.jsonl:15"]["generated_text"].startswith("A plain line")
+    # the shipped folder: one copy per node named by its digest (reused by later runs), no leftovers
+    copies = sorted(p.name for p in Path(tempfile.gettempdir()).glob("*ortgen-model-*"))
+    assert f"ortgen-model-{_pack(exported['gpt2'])[1]}" in copies
+    assert not [name for name in copies if name.startswith(".")]
 
 
 def test_local_actor_count_batch_size_and_order_do_not_change_output(exported, tmp_path):
@@ -186,8 +194,8 @@ def test_killed_run_resumes_to_the_same_output_without_duplicates(exported, tmp_
     assert output == read_output(reference)
 
 
-def count_lines(folder: Path) -> int:
-    return sum(p.read_text().count("\n") for p in folder.glob("shard-*.jsonl"))
+def count_lines(folder: Path, pattern: str = "shard-*.jsonl") -> int:
+    return sum(p.read_text().count("\n") for p in folder.glob(pattern))
 
 
 def test_token_counts_and_finish_reasons_are_the_generated_ones(exported, tmp_path):
