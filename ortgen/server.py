@@ -11,7 +11,6 @@ import logging
 import signal
 import threading
 import time
-import types
 import typing
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +23,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ortgen.api_schema import (
+    COMPLETION_TYPES,
+    OPTION_TYPES,
+    ApiError,
+    check_value,
+    completion_options,
+    fields_of,
+    prompt_ids,
+    refuse_unsupported,
+)
 from ortgen.engine import Engine, EngineLimits, Piece
 from ortgen.engine import Request as EngineRequest
 from ortgen.errors import (
@@ -35,19 +44,10 @@ from ortgen.errors import (
     first_line,
 )
 from ortgen.generator import Generator
-from ortgen.options import GenerationOptions
 
 log = logging.getLogger("uvicorn.error.ortgen")  # shown with uvicorn's own lines
 DRAIN_SECONDS = 10  # on SIGTERM / Ctrl-C: in-flight requests get this long, then are cancelled
 RETRY_AFTER = "1"  # seconds a refused (429) client is asked to wait
-
-
-class ApiError(Exception):
-    """A request the server refuses, with its HTTP status and the offending field."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.param = status, param
 
 
 def _error(request: Request, err: Exception) -> JSONResponse:
@@ -102,62 +102,6 @@ class Service:
         return self.engine
 
 
-# ---- parsing ----------------------------------------------------------------------------------
-
-
-def _check(name: str, value: Any, hint: Any) -> Any:
-    """`value` if it has the type `hint` describes (bool is not a number; lists for tuples)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            with contextlib.suppress(ApiError):
-                return _check(name, value, arg)
-        raise ApiError(400, f"{name} has the wrong type ({value!r})", name)
-    if typing.get_origin(hint) is tuple:
-        items = [value] if isinstance(value, str) and args[0] is str else value
-        if not isinstance(items, list | tuple):
-            raise ApiError(400, f"{name} must be a list, got {value!r}", name)
-        return tuple(_check(name, item, args[0]) for item in items)
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-    }.get(hint, isinstance(value, hint))
-    if not ok:
-        raise ApiError(400, f"{name} must be {hint.__name__}, got {value!r}", name)
-    return float(value) if hint is float else value
-
-
-_OPTION_TYPES = typing.get_type_hints(GenerationOptions)  # /generate's parameters: declared once
-
-# /v1/completions fields: name → type. OpenAI's own, then the extras such servers take.
-_COMPLETION_TYPES: dict[str, Any] = {
-    "model": str,
-    "prompt": str | list,
-    "max_tokens": int | None,
-    "temperature": float | None,
-    "top_p": float | None,
-    "n": int | None,
-    "stop": tuple[str, ...] | None,
-    "seed": int | None,
-    "stream": bool | None,
-    "stream_options": dict | None,
-    "echo": bool | None,
-    "user": str | None,
-    "presence_penalty": float | None,
-    "frequency_penalty": float | None,
-    "logprobs": int | None,
-    "best_of": int | None,
-    "suffix": str | None,
-    "logit_bias": dict | None,
-    "top_k": int | None,
-    "repetition_penalty": float | None,
-    "min_tokens": int | None,
-}
-
-
 async def _json_object(request: Request) -> dict:
     try:
         body = json.loads(await request.body())
@@ -166,74 +110,6 @@ async def _json_object(request: Request) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
-
-
-def _fields(body: dict, types: dict[str, Any]) -> dict:
-    unknown = sorted(set(body) - set(types))
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {unknown}; known: {sorted(types)}", unknown[0])
-    return {name: _check(name, value, types[name]) for name, value in body.items()}
-
-
-def _refuse_unsupported(f: dict) -> None:
-    """Fields GPT-2 cannot honour exactly are refused rather than silently ignored."""
-    for name in ("presence_penalty", "frequency_penalty"):
-        if f.get(name):
-            raise ApiError(400, f"{name} is not supported: use repetition_penalty", name)
-    if f.get("logprobs") is not None:
-        raise ApiError(400, "logprobs is not supported", "logprobs")
-    if f.get("suffix"):
-        raise ApiError(400, "suffix (insertion) is not supported by GPT-2", "suffix")
-    if f.get("logit_bias"):
-        raise ApiError(400, "logit_bias is not supported", "logit_bias")
-    if f.get("best_of") not in (None, f.get("n") or 1):
-        raise ApiError(400, "best_of must equal n (no server-side ranking)", "best_of")
-    if f.get("n", 1) is not None and f.get("n", 1) < 1:
-        raise ApiError(400, "n must be ≥ 1", "n")
-
-
-def _prompts(value: Any, generator: Generator) -> list[list[int]]:
-    """OpenAI's four prompt forms (text, texts, ids, lists of ids) → token ids per prompt."""
-    if isinstance(value, str):
-        return [generator.encode(value)]
-    if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return [_token_ids(value, generator.manifest.vocab_size)]
-    if value and all(isinstance(v, str) for v in value):
-        return [generator.encode(v) for v in value]
-    if value and all(isinstance(v, list) and v for v in value):
-        return [_token_ids(v, generator.manifest.vocab_size) for v in value]
-    raise ApiError(400, "prompt must be text, a list of texts, ids or lists of ids", "prompt")
-
-
-def _token_ids(value: list, vocab_size: int) -> list[int]:
-    ids = list(_check("prompt", value, tuple[int, ...]))
-    if not all(0 <= i < vocab_size for i in ids):
-        raise ApiError(400, f"prompt token ids must be in [0, {vocab_size})", "prompt")
-    return ids
-
-
-def _completion_options(f: dict) -> dict:
-    """OpenAI semantics over the engine's options: every value explicit, so the model folder's
-    sampling defaults never leak into an OpenAI request."""
-    temperature = 1.0 if f.get("temperature") is None else f["temperature"]
-    if temperature < 0:
-        raise ApiError(400, f"temperature must be ≥ 0, got {temperature}", "temperature")
-    n = f.get("n") or 1
-    if temperature == 0 and n > 1:
-        raise ApiError(400, "n > 1 needs temperature > 0 (greedy gives one answer)", "n")
-    return dict(
-        max_new_tokens=16 if f.get("max_tokens") is None else f["max_tokens"],
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else 1.0,
-        top_p=1.0 if f.get("top_p") is None else f["top_p"],
-        top_k=f.get("top_k") or 0,
-        repetition_penalty=f.get("repetition_penalty") or 1.0,
-        min_new_tokens=f.get("min_tokens") or 0,
-        no_repeat_ngram_size=0,
-        stop=f.get("stop") or (),
-        seed=f.get("seed"),
-        num_return_sequences=n,
-    )
 
 
 # ---- handlers ---------------------------------------------------------------------------------
@@ -301,12 +177,12 @@ async def _drain(requests: list[EngineRequest]) -> None:
 async def completions(request: Request) -> Response:
     service: Service = request.app.state.service
     engine = service.ready()
-    f = _fields(await _json_object(request), _COMPLETION_TYPES)
+    f = fields_of(await _json_object(request), COMPLETION_TYPES)
     if "prompt" not in f or "model" not in f:
         raise ApiError(400, "model and prompt are required", "prompt")
-    _refuse_unsupported(f)
-    options = _completion_options(f)
-    prompts = _prompts(f["prompt"], engine.generator)
+    refuse_unsupported(f)
+    options = completion_options(f)
+    prompts = prompt_ids(f["prompt"], engine.generator)
     requests = _submit_all(engine, prompts, options)
     n, echo = options["num_return_sequences"], bool(f.get("echo"))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion"}
@@ -361,10 +237,10 @@ async def generate(request: Request) -> Response:
     parameters.return_full_text is false); the model folder's defaults apply."""
     service: Service = request.app.state.service
     engine = service.ready()
-    body = _fields(await _json_object(request), {"inputs": str | list, "parameters": dict | None})
+    body = fields_of(await _json_object(request), {"inputs": str | list, "parameters": dict | None})
     parameters = dict(body.get("parameters") or {})
-    full_text = _check("return_full_text", parameters.pop("return_full_text", True), bool)
-    options = _fields(parameters, _OPTION_TYPES)
+    full_text = check_value("return_full_text", parameters.pop("return_full_text", True), bool)
+    options = fields_of(parameters, OPTION_TYPES)
     inputs = body.get("inputs")
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts or not all(isinstance(t, str) for t in texts):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from ortgen import Generator
-from ortgen.batch import BatchJob, _pack, record_seed, run_job
+from ortgen.batch import BatchJob, record_seed, run_job
+from ortgen.record_worker import pack_folder
 
 RUN_SEED = 7
 RUN_OPTIONS = {"max_new_tokens": 8}
@@ -140,7 +141,7 @@ def test_ray_reports_malformed_records_and_completes_the_rest(ray_cluster, expor
     assert output["prompts.jsonl:15"]["generated_text"].startswith("A plain line")
     # the shipped folder: one copy per node named by its digest (reused by later runs), no leftovers
     copies = sorted(p.name for p in Path(tempfile.gettempdir()).glob("*ortgen-model-*"))
-    assert f"ortgen-model-{_pack(exported['gpt2'])[1]}" in copies
+    assert f"ortgen-model-{pack_folder(exported['gpt2'])[1]}" in copies
     assert not [name for name in copies if name.startswith(".")]
 
 
