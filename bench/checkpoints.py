@@ -1,5 +1,6 @@
-"""Random-weight checkpoints with the real gpt2 (124M) and gpt-neo-125M configs — the same cost as
-the released weights, built offline — and a synthetic tokenizer whose ids cover the vocabulary."""
+"""Random-weight checkpoints with the real configs of gpt2 (124M), gpt-neo-125M and the large
+siblings gpt2-large (774M) and gpt-neo-1.3B — the same cost as the released weights, built
+offline — and a synthetic tokenizer whose ids cover the vocabulary."""
 
 from __future__ import annotations
 
@@ -19,7 +20,21 @@ CONFIGS = {
         attention_types=[[["global", "local"], 6]],
         window_size=256,
     ),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, n_positions=1024, n_ctx=1024),
+    "gpt-neo-1.3B": dict(
+        num_layers=24,
+        num_heads=16,
+        hidden_size=2048,
+        max_position_embeddings=2048,
+        attention_types=[[["global", "local"], 12]],
+        window_size=256,
+    ),
 }
+
+
+def architecture(name: str) -> str:
+    """The model_type of a CONFIGS entry: "gpt2" or "gpt_neo"."""
+    return "gpt2" if name.startswith("gpt2") else "gpt_neo"
 
 
 def synthetic_tokenizer():
@@ -38,8 +53,8 @@ def synthetic_tokenizer():
     return tokenizer
 
 
-def build(folder: Path, architecture: str, seed: int = 0) -> Path:
-    """save_pretrained folder for `architecture` ("gpt2" or "gpt_neo"); reused when present."""
+def build(folder: Path, name: str, seed: int = 0) -> Path:
+    """save_pretrained folder for the CONFIGS entry `name`; reused when present."""
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -53,10 +68,10 @@ def build(folder: Path, architecture: str, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     ids = dict(vocab_size=VOCAB, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
-    if architecture == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(**CONFIGS["gpt2"], **ids))
+    if architecture(name) == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(**CONFIGS[name], **ids))
     else:
-        model = GPTNeoForCausalLM(GPTNeoConfig(**CONFIGS["gpt_neo"], **ids))
+        model = GPTNeoForCausalLM(GPTNeoConfig(**CONFIGS[name], **ids))
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(
         tokenizer_object=synthetic_tokenizer(), bos_token=EOS, eos_token=EOS, unk_token=EOS

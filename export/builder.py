@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ortgen_export.activations import activate
 from ortgen_export.architectures import Architecture, LayerWeights
+from ortgen_export.pages import CheckpointPages
 
 MS = "com.microsoft"
 OPSET = 18
@@ -22,11 +23,12 @@ _MASKED = -1e30  # additive bias for masked keys: exp underflows to 0, no inf - 
 
 
 class _Graph:
-    """Accumulates nodes and initializers with unique names."""
+    """Accumulates nodes and initializers with unique names. Weights are written straight into
+    the model being built (`make_graph` / `make_model` would each copy them again)."""
 
     def __init__(self) -> None:
+        self.model = onnx.ModelProto()
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
         self._names: set[str] = set()
         self._count = 0
 
@@ -34,7 +36,12 @@ class _Graph:
         """An initializer; a name already given is reused (shared constants, one per graph)."""
         if name not in self._names:
             self._names.add(name)
-            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            array = np.ascontiguousarray(value)
+            tensor = self.model.graph.initializer.add()
+            tensor.name = name
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+            tensor.dims.extend(array.shape)
+            tensor.raw_data = array.tobytes()
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs):
@@ -48,9 +55,16 @@ class _Graph:
         return names[0] if outputs == 1 else names
 
 
-def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
-    """The decoder graph for `model` (a transformers GPT-2 / GPT-Neo, fp32)."""
+def build(model: Any, arch: Architecture, config: Any, release: bool = False) -> onnx.ModelProto:
+    """The decoder graph for `model` (a transformers GPT-2 / GPT-Neo, fp32). With `release`, each
+    torch weight is freed once it is in the graph and `model` is left on the meta device
+    (unusable): the weights are never held twice."""
+    layers = range(config.num_hidden_layers)
+    activations = [arch.activation_params(model, i) for i in layers]
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    pages = CheckpointPages() if release else None
+    if release:
+        model.to("meta")  # the modules let go of their weights: `state` holds the last references
     heads, width = config.num_attention_heads, config.hidden_size
     g = _Graph()
     eps = float(config.layer_norm_epsilon)
@@ -60,7 +74,10 @@ def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
         [
             g.op(
                 "Gather",
-                [g.const("transformer.wte.weight", state["transformer.wte.weight"]), "input_ids"],
+                [
+                    g.const("transformer.wte.weight", state.pop("transformer.wte.weight")),
+                    "input_ids",
+                ],
             ),
             g.op(
                 "Gather",
@@ -73,16 +90,18 @@ def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
     )  # [B, T, D]
     biases = _attention_biases(g, config, arch)
     presents = []
-    for i in range(config.num_hidden_layers):
+    for i in layers:
         layer = arch.layer(state, config, i)
         params = {
             key: g.const(f"transformer.h.{i}.mlp.act.{key}", value)
-            for key, value in arch.activation_params(model, i).items()
+            for key, value in activations[i].items()
         }
         hidden, present = _block(
             g, hidden, layer, i, heads, width, eps, biases[layer.window], (act, params)
         )
         presents += present
+        del layer  # with the layer's state entries: freed when released
+        _release(state, f"transformer.h.{i}.", pages)
     gamma, beta = state["transformer.ln_f.weight"], state["transformer.ln_f.bias"]
     final = g.op(
         "LayerNormalization",
@@ -99,7 +118,18 @@ def build(model: Any, arch: Architecture, config: Any) -> onnx.ModelProto:
             name="lm_head/MatMul",
         )
     )
+    _release(state, "", pages)
     return _model(g, config, presents)
+
+
+def _release(state: dict[str, np.ndarray], prefix: str, pages: CheckpointPages | None) -> None:
+    """Forget the weights under `prefix`, now in the graph: with `pages`, the last references to
+    them go, and so do the checkpoint pages they were read from."""
+    done = [key for key in state if key.startswith(prefix)]
+    if pages is not None:
+        pages.drop(state[key] for key in done)
+    for key in done:
+        del state[key]
 
 
 def _attention_biases(g: _Graph, config: Any, arch: Architecture) -> dict[int | None, str]:
@@ -231,10 +261,12 @@ def _model(g: _Graph, config: Any, presents: list[str]) -> onnx.ModelProto:
         )
     ]
     outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, kv_out) for name in presents]
-    graph = helper.make_graph(g.nodes, "ortgen_decoder", inputs, outputs, g.inits)
-    return helper.make_model(
-        graph,
-        ir_version=10,
-        producer_name="ortgen",
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
-    )
+    model = g.model  # its initializers are in place already
+    model.graph.name = "ortgen_decoder"
+    model.graph.node.extend(g.nodes)
+    model.graph.input.extend(inputs)
+    model.graph.output.extend(outputs)
+    model.ir_version = 10
+    model.producer_name = "ortgen"
+    model.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+    return model

@@ -125,14 +125,15 @@ def staged_folder(output_dir: Path, force: bool) -> Iterator[Path]:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result follows the umask
+        staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the result follows the umask
         yield staging
         _replace(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process' file-creation mask (reading it means setting it: set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ortgen.errors import ExportError, first_line
+from ortgen_export.folder import umask
 
 OPSET = 18
 # Weights beyond this many bytes go to `model.onnx.data`: a protobuf file cannot exceed 2 GB, and
@@ -177,4 +178,6 @@ def save(
         location=f"{file_name}.data",
         size_threshold=1024,
     )
+    # onnx creates the data file private (0600): give it the mode of every other file written.
+    (folder / f"{file_name}.data").chmod(0o666 & ~umask())
     return [file_name, f"{file_name}.data"]

@@ -17,6 +17,7 @@ from ortgen import Generator
 from ortgen.decode_state import DecodeState, left_padded
 from ortgen.errors import InvalidOptionError, ParityError
 
+_ANY_PAD = 0  # the batch reference's pad id: masked positions never reach real ones
 GREEDY_TOKENS = 32  # reference greedy continuation: cached steps checked, tokens compared
 # Plain argmax whatever the folder's generation_config.json says (penalties, sampling).
 PURE_GREEDY = dict(
@@ -111,17 +112,46 @@ def thresholds_for(precision: str, min_agreement: float | None = None) -> Thresh
     return replace(limits, top1=min_agreement, greedy=min_agreement)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """transformers' outputs for one check prompt: its pure greedy continuation and the logits at
+    every position of prompt + continuation."""
+
+    ids: list[int]
+    greedy: list[int]  # GREEDY_TOKENS ids
+    logits: np.ndarray  # [T + G, V] float32
+
+
+@dataclass(frozen=True)
+class References:
+    """Everything the check compares with, computed once from the transformers model, so the
+    model can be freed before the ONNX sessions load (an export never holds both)."""
+
+    prompts: list[Reference]
+    batch_logits: np.ndarray  # [B, T, V]: all prompts as one left-padded batch
+
+
+def reference_outputs(model: Any, prompts: list[list[int]]) -> References:
+    """transformers' side of the check for `prompts` (see References)."""
+    return References(
+        prompts=[_reference(model, ids) for ids in prompts],
+        batch_logits=_batch_reference(model, prompts),
+    )
+
+
 def check_parity(
-    model: Any, folder: Path, prompts: list[list[int]], precision: str, limits: Thresholds
+    references: References, folder: Path, precision: str, limits: Thresholds
 ) -> ParityReport:
-    """Compare the folder with `model`; raise ParityError when a threshold is crossed."""
+    """Compare the folder with transformers' `references`; raise ParityError when a threshold is
+    crossed. One ONNX session is alive at a time."""
     report = ParityReport(precision=precision, thresholds=asdict(limits))
     for graph in _graphs(folder):  # what other clients load, and what ortgen runs
         generator = Generator.from_dir(folder, graph=graph)
-        report.prompts += [_check_prompt(model, generator, ids, graph) for ids in prompts]
+        report.prompts += [_check_prompt(ref, generator, graph) for ref in references.prompts]
         report.batch_max_abs_diff = max(
-            report.batch_max_abs_diff, _batch_diff(model, generator, prompts)
+            report.batch_max_abs_diff, _batch_diff(references, generator)
         )
+        del generator  # before the next graph's session loads
     _summarise(report)
     report.failures = _failures(report, limits)
     if report.failures:
@@ -172,9 +202,9 @@ def _failures(report: ParityReport, limits: Thresholds) -> list[str]:
 
 
 @torch.inference_mode()
-def _reference(model: Any, ids: list[int]) -> tuple[list[int], np.ndarray]:
+def _reference(model: Any, ids: list[int]) -> Reference:
     """transformers' pure greedy continuation (argmax, no processors: `generate` would merge in
-    the checkpoint's generation_config) and its logits at every position. → ids, [T + G, V]."""
+    the checkpoint's generation_config) and its logits at every position."""
     out = model(torch.tensor([ids]), use_cache=True)
     greedy = []
     for _ in range(GREEDY_TOKENS):
@@ -183,11 +213,11 @@ def _reference(model: Any, ids: list[int]) -> tuple[list[int], np.ndarray]:
             torch.tensor([[greedy[-1]]]), past_key_values=out.past_key_values, use_cache=True
         )
     full = torch.tensor([ids + greedy])  # [1, T + G]
-    return greedy, model(full).logits[0].float().numpy()
+    return Reference(list(ids), greedy, model(full).logits[0].float().numpy())
 
 
-def _check_prompt(model: Any, generator: Generator, ids: list[int], graph: str) -> PromptReport:
-    greedy, reference = _reference(model, ids)
+def _check_prompt(ref: Reference, generator: Generator, graph: str) -> PromptReport:
+    ids, greedy, reference = ref.ids, ref.greedy, ref.logits
     logits = _onnx_along(generator, ids, greedy)  # [T + G, V]
     diff = np.abs(logits - reference)
     t = len(ids)
@@ -216,16 +246,26 @@ def _onnx_along(generator: Generator, ids: list[int], greedy: list[int]) -> np.n
 
 
 @torch.inference_mode()
-def _batch_diff(model: Any, generator: Generator, prompts: list[list[int]]) -> float:
-    """All prompts prefilled as one batch (left-padded for transformers and the portable graph),
-    compared at real positions."""
-    ids, mask, positions = left_padded(prompts, generator.pad_id)  # [B, T] each
-    state = DecodeState.for_model(generator.model)
-    onnx_logits = state.prefill(prompts, all_logits=True)  # [B, T, V]
-    ref = model(
-        torch.from_numpy(ids),
-        attention_mask=torch.from_numpy(mask),
-        position_ids=torch.from_numpy(positions),
-    ).logits.numpy()
+def _batch_reference(model: Any, prompts: list[list[int]]) -> np.ndarray:
+    """All prompts as one left-padded batch through transformers. → logits [B, T, V]. (The pad
+    id is any token: padded positions are masked, and only real positions are compared.)"""
+    ids, mask, positions = left_padded(prompts, _ANY_PAD)  # [B, T] each
+    return (
+        model(
+            torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions),
+        )
+        .logits.float()
+        .numpy()
+    )
+
+
+def _batch_diff(references: References, generator: Generator) -> float:
+    """The same batch prefilled through ONNX (left-padded on the portable graph), compared at
+    real positions."""
+    prompts = [ref.ids for ref in references.prompts]
+    _, mask, _ = left_padded(prompts, _ANY_PAD)
+    onnx_logits = DecodeState.for_model(generator.model).prefill(prompts, all_logits=True)
     real = mask.astype(bool)  # [B, T]
-    return float(np.abs(onnx_logits[real].astype(np.float32) - ref[real]).max())
+    return float(np.abs(onnx_logits[real].astype(np.float32) - references.batch_logits[real]).max())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,11 +91,19 @@ def _export(
     arch = architecture_of(config, source)
     checkpoint = load_checkpoint(source, path, config)
     fields = arch.manifest_fields(config)
+    # transformers' side of the parity check, now: the torch model is freed once the graph is
+    # built, so the weights are never held by torch and ONNX Runtime at once.
+    prompts = parity.parity_prompts(
+        checkpoint.tokenizer, arch.local_window(config), config.max_position_embeddings
+    )
+    references = parity.reference_outputs(checkpoint.model, prompts)
 
     with staged_folder(output, force) as staging:
         kind, fallback = _graph_kind(checkpoint, arch, options.graph)
         stage(f"export (traced graph: {fallback})" if fallback else "export")
         model = _graph(checkpoint, arch, kind)
+        checkpoint.model = None  # the references replace it; its weights are freed
+        gc.collect()
         facts = {
             "graph": kind,
             **({"graph_fallback_reason": fallback} if fallback else {}),
@@ -111,8 +120,9 @@ def _export(
         # The runtime's fast graph: built graphs on CPU precisions (fp16 folders are for CUDA).
         in_place = {}
         if kind == "built" and options.precision != "fp16":
-            in_place = inplace.write(staging)
+            in_place = inplace.write(staging, model)  # uses up the in-memory graph
             facts["files"].append(in_place["file"])
+        del model  # the weights now live in the folder only
         _copy_side_files(checkpoint, staging)
         tensors = TensorNames(
             logits_to_keep=graph.LOGITS_TO_KEEP if facts["logits_to_keep_input"] else None,
@@ -131,12 +141,7 @@ def _export(
         _write_manifest(manifest, staging)  # the runtime under test reads it
 
         stage("check")
-        prompts = parity.parity_prompts(
-            checkpoint.tokenizer, arch.local_window(config), config.max_position_embeddings
-        )
-        report = parity.check_parity(
-            checkpoint.model, staging, prompts, options.precision, options.thresholds()
-        )
+        report = parity.check_parity(references, staging, options.precision, options.thresholds())
 
         stage("write")
         manifest = dataclasses.replace(manifest, parity=parity.report_dict(report))
@@ -156,7 +161,7 @@ def _graph_kind(checkpoint: Checkpoint, arch, wanted: str) -> tuple[str, str | N
 def _graph(checkpoint: Checkpoint, arch, kind: str):
     if kind == "traced":
         return graph.trace(checkpoint.model)
-    return builder.build(checkpoint.model, arch, checkpoint.config)
+    return builder.build(checkpoint.model, arch, checkpoint.config, release=True)
 
 
 def _optimize(model, options: ExportOptions, fields: dict, facts: dict):

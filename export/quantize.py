@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from ortgen.errors import ExportError, InvalidOptionError
 
 MS_DOMAIN = "com.microsoft"
+_ROWS_AT_ONCE = 1024  # pack_rows' slice: a few MB of temporaries
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,31 @@ class QuantReport:
 def pack_rows(rows: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric block quantization of a [N, K] weight, codes packed low-first along K.
 
-    → data uint8 [N, K_blocks, block * bits / 8], scales float32 [N, K_blocks].
+    → data uint8 [N, K_blocks, block * bits / 8], scales float32 [N, K_blocks]. Rows are packed
+    a slice at a time: the temporaries stay small whatever the weight's size.
     """
     n, k = rows.shape
-    padded = np.zeros((n, -(-k // block) * block), dtype=np.float32)
-    padded[:, :k] = rows
-    blocks = padded.reshape(n, -1, block)  # [N, KB, block]
+    width = -(-k // block)
+    data = np.empty((n, width, block * bits // 8), dtype=np.uint8)
+    scales = np.empty((n, width), dtype=np.float32)
+    for start in range(0, n, _ROWS_AT_ONCE):
+        part = slice(start, start + _ROWS_AT_ONCE)
+        data[part], scales[part] = _pack_slice(rows[part], bits, block, width)
+    return data, scales
+
+
+def _pack_slice(rows: np.ndarray, bits: int, block: int, width: int) -> tuple:
+    padded = np.zeros((len(rows), width * block), dtype=np.float32)
+    padded[:, : rows.shape[1]] = rows
+    blocks = padded.reshape(len(rows), width, block)  # [n, KB, block]
     top = 2 ** (bits - 1)  # codes are value / scale + top, in [0, 2 * top)
-    scales = np.abs(blocks).max(axis=-1) / (top - 1)  # [N, KB]
+    scales = np.abs(blocks).max(axis=-1) / (top - 1)  # [n, KB]
     scales[scales == 0] = 1.0
     codes = np.clip(np.rint(blocks / scales[..., None]), -top, top - 1).astype(np.int16) + top
     codes = codes.astype(np.uint8)
     if bits == 4:
         codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    return np.ascontiguousarray(codes), scales.astype(np.float32)
+    return codes, scales
 
 
 def quantize(model: onnx.ModelProto, config: QuantConfig) -> QuantReport:
@@ -150,7 +162,7 @@ def _pack(graph, name: str, rows: np.ndarray, config: QuantConfig, packed: dict)
     """Pack a [N, K] weight once per initializer. → (data, scales, N, block)."""
     if name not in packed:
         block = _fitting_block(rows.shape[1], config.block_size)
-        data, scales = pack_rows(rows.astype(np.float32), config.bits, block)
+        data, scales = pack_rows(np.asarray(rows, dtype=np.float32), config.bits, block)
         names = (f"{name}.q{config.bits}", f"{name}.scales")
         graph.initializer.extend(
             [numpy_helper.from_array(data, names[0]), numpy_helper.from_array(scales, names[1])]

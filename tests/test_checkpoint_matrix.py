@@ -129,7 +129,7 @@ def test_activation_equals_transformers(name):
         "act",
         [value("x", TensorProto.FLOAT, [2, 3, 16])],
         [value(out, TensorProto.FLOAT, None)],
-        g.inits,
+        g.model.graph.initializer,
     )
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
     proto = helper.make_model(graph, opset_imports=opsets, ir_version=10)

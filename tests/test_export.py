@@ -113,7 +113,10 @@ def test_parity_check_fails_on_a_wrong_graph(checkpoints, references, exported, 
     prompts = [np.arange(1, 20).tolist()] * 3
     with pytest.raises(ParityError, match="parity check failed"):
         parity.check_parity(
-            references["gpt2"], broken, prompts, "fp32", parity.thresholds_for("fp32")
+            parity.reference_outputs(references["gpt2"], prompts),
+            broken,
+            "fp32",
+            parity.thresholds_for("fp32"),
         )
 
 
@@ -164,11 +167,12 @@ def test_logits_to_keep_is_optional_and_exact(arch, exported):
 def test_fp32_parity_check_fails_on_another_model(exported, references):
     """The check really compares: GPT-2's folder against the GPT-Neo reference (same tokenizer
     and vocabulary, other weights) is refused."""
-    from ortgen_export.parity import THRESHOLDS, check_parity
+    from ortgen_export.parity import THRESHOLDS, check_parity, reference_outputs
 
     prompts = [[5, 17, 42, 99, 7], list(range(30, 60))]
+    other = reference_outputs(references["gpt_neo"], prompts)
     with pytest.raises(ParityError, match="fp32 parity check failed"):
-        check_parity(references["gpt_neo"], exported["gpt2"], prompts, "fp32", THRESHOLDS["fp32"])
+        check_parity(other, exported["gpt2"], "fp32", THRESHOLDS["fp32"])
 
 
 def test_in_place_graph_refuses_a_replaced_weights_file(exported, tmp_path):

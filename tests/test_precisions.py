@@ -53,6 +53,20 @@ def dequantize(data: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("bits", [8, 4])
+def test_large_weights_pack_row_by_row_alike(bits):
+    """pack_rows works through big weights a slice of rows at a time: every row comes out as it
+    does packed alone, wherever the slices cut."""
+    rng = np.random.default_rng(bits)
+    rows = rng.normal(size=(2 * 1024 + 37, 64)).astype(np.float32)
+    data, scales = pack_rows(rows, bits, 32)
+    assert np.abs(dequantize(data, scales, bits) - rows).max() <= scales.max() / 2 + 1e-6
+    for i in (0, 1023, 1024, 2047, len(rows) - 1):
+        alone_data, alone_scales = pack_rows(rows[i : i + 1], bits, 32)
+        assert np.array_equal(data[i], alone_data[0])
+        assert np.array_equal(scales[i], alone_scales[0])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 def test_packed_weights_match_onnxruntime_matmulnbits(bits):
     rng = np.random.default_rng(bits)
     rows = rng.normal(size=(48, 96)).astype(np.float32)  # [N, K]
@@ -164,6 +178,17 @@ def test_quantized_model_generates_and_is_smaller(arch, precision, quantized, ex
 
 def size(path) -> int:
     return path.stat().st_size
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_in_place_graph_stores_no_weight_twice(arch, precision, quantized, exported):
+    """inplace.onnx points into model.onnx for every weight (found in the saved file in chunks):
+    none is embedded a second time."""
+    folder = exported[arch] if precision == "fp32" else quantized[(arch, precision)]
+    graph = onnx.load(str(folder / "inplace.onnx"), load_external_data=False).graph
+    weights = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(weights) >= 4 * read_manifest(folder).num_layers
+    assert [t.name for t in graph.initializer if len(t.raw_data) >= 1024] == []
 
 
 def test_fusion_is_recorded_and_optional(checkpoints, exported, tmp_path):

@@ -130,6 +130,8 @@ def test_external_data_loads_and_generates(sources_root, tokenizer):
     assert manifest.export["files"][:2] == ["model.onnx", "model.onnx.data"]
     data, graph = (folder / "model.onnx.data").stat().st_size, (folder / "model.onnx").stat()
     assert data > 10 * graph.st_size  # the weights live in the data file
+    mode = (folder / "model.onnx.data").stat().st_mode & 0o777
+    assert mode == graph.st_mode & 0o777  # as readable as the graph (onnx writes it 0600)
     assert manifest.min_onnxruntime == MIN_ONNXRUNTIME
     assert_equal_to_transformers(folder, checkpoint)
 
