@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from bench.checkpoints import build
+from bench.prepare import export_command
+from bench.run import measure
 
 BENCH = Path(__file__).parent
 WORK, RESULTS = BENCH / "work", BENCH / "results"
@@ -27,37 +29,30 @@ PRECISIONS = ("fp32", "int8", "int4")
 
 def export(checkpoint: Path, folder: Path, precision: str) -> dict:
     """One `ortgen export` process: wall seconds, its own peak RSS (wait4), success."""
-    # Random weights have near-flat logits: quantized agreement says nothing there (FIELD.md).
-    relax = [] if precision == "fp32" else ["--min-agreement", "0"]
-    command = [sys.executable, "-m", "ortgen", "export", str(checkpoint), str(folder)]
-    command += ["--precision", precision, "--force", *relax]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        export_command(checkpoint, folder, precision),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     errors = process.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    if process.returncode:
+    failed = os.waitstatus_to_exitcode(status) != 0
+    if failed:
         print(f"export {folder.name} failed:\n{errors[-2000:]}", file=sys.stderr)
-    return dict(ok=not process.returncode, export_s=seconds, peak_rss_gb=usage.ru_maxrss / 1e6)
+    return dict(ok=not failed, export_s=seconds, peak_rss_gb=usage.ru_maxrss / 1e6)
 
 
 def tokens_per_s(folder: Path) -> float:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.measure", "ortgen", str(folder), "w1"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=BENCH.parent,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])["value"]
+    return measure("ortgen", {"python": sys.executable, "path": folder}, "w1")["value"]
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
 
 
-def measure(name: str, precisions: list[str]) -> list[dict]:
+def measure_model(name: str, precisions: list[str]) -> list[dict]:
     checkpoint = build(WORK / f"{name}-random", name)
     # fp32 as saved, tied weights once (shards summed)
     weights = sum(path.stat().st_size for path in checkpoint.glob("*.safetensors"))
@@ -95,7 +90,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     args = parser.parse_args()
-    rows = [row for name in args.models for row in measure(name, args.precisions)]
+    rows = [row for name in args.models for row in measure_model(name, args.precisions)]
     import onnxruntime
 
     text = (

@@ -30,13 +30,18 @@ def sh(*command: str | Path) -> None:
         raise SystemExit(f"{' '.join(map(str, command[:4]))} … failed:\n{tail}")
 
 
+def export_command(checkpoint: Path, folder: Path, precision: str) -> list[str]:
+    """`ortgen export` of a random-weight checkpoint. Random weights have near-flat logits:
+    quantized top-1 agreement says nothing about quality there (FIELD.md), so the agreement
+    threshold is lifted for the benchmark."""
+    relax = [] if precision == "fp32" else ["--min-agreement", "0"]
+    command = [sys.executable, "-m", "ortgen", "export", str(checkpoint), str(folder)]
+    return command + ["--precision", precision, "--force", *relax]
+
+
 def ortgen_folder(checkpoint: Path, folder: Path, precision: str) -> Path:
     if not (folder / "ortgen.json").is_file():
-        # Random weights have near-flat logits: quantized top-1 agreement says nothing about
-        # quality there (FIELD.md), so the agreement threshold is lifted for the benchmark.
-        relax = [] if precision == "fp32" else ["--min-agreement", "0"]
-        options = ["--precision", precision, "--force", *relax]
-        sh(sys.executable, "-m", "ortgen", "export", checkpoint, folder, *options)
+        sh(*export_command(checkpoint, folder, precision))
     return folder
 
 

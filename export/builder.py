@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ortgen_export.activations import activate
 from ortgen_export.architectures import Architecture, LayerWeights
@@ -36,12 +36,8 @@ class _Graph:
         """An initializer; a name already given is reused (shared constants, one per graph)."""
         if name not in self._names:
             self._names.add(name)
-            array = np.ascontiguousarray(value)
-            tensor = self.model.graph.initializer.add()
-            tensor.name = name
-            tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-            tensor.dims.extend(array.shape)
-            tensor.raw_data = array.tobytes()
+            tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+            self.model.graph.initializer.append(tensor)  # one weight copied at a time
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, domain: str = "", **attrs):
@@ -74,10 +70,7 @@ def build(model: Any, arch: Architecture, config: Any, release: bool = False) ->
         [
             g.op(
                 "Gather",
-                [
-                    g.const("transformer.wte.weight", state.pop("transformer.wte.weight")),
-                    "input_ids",
-                ],
+                [g.const("transformer.wte.weight", state["transformer.wte.weight"]), "input_ids"],
             ),
             g.op(
                 "Gather",

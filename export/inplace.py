@@ -132,9 +132,11 @@ def _reference_weights(graph, saved: Path) -> None:
     start = 0
     with open(saved, "rb") as file:
         for tensor in graph.initializer:
-            if tensor.data_location == TensorProto.EXTERNAL or len(tensor.raw_data) < _EMBED_BELOW:
+            if tensor.data_location == TensorProto.EXTERNAL:
                 continue
-            raw = tensor.raw_data
+            raw = tensor.raw_data  # a copy of the bytes: read once
+            if len(raw) < _EMBED_BELOW:
+                continue
             offset = _find(file, raw, start)
             if offset is None:
                 continue  # not found byte for byte: keep it embedded (correct, only larger)
