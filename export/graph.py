@@ -168,7 +168,7 @@ def save(
     protobuf limit by default). Returns the files written."""
     size = sum(t.ByteSize() for t in model.graph.initializer)
     if size < threshold:
-        onnx.save_model(model, str(folder / file_name))
+        write_streamed(model, folder / file_name)
         return [file_name]
     onnx.save_model(
         model,
@@ -181,3 +181,53 @@ def save(
     # onnx creates the data file private (0600): give it the mode of every other file written.
     (folder / f"{file_name}.data").chmod(0o666 & ~umask())
     return [file_name, f"{file_name}.data"]
+
+
+def write_streamed(model: onnx.ModelProto, path: Path) -> None:
+    """`model` serialized to `path` one initializer at a time. onnx.save_model serializes the whole
+    model into one bytes object first — a second copy of every embedded weight; here the file is
+    written as protobuf's wire format lays it out (fields may come in any order, a repeated field
+    is its entries one after another), so only the largest weight is ever copied at once."""
+    graph = model.graph
+    shell = _without(graph, "initializer")  # nodes, inputs, outputs: small
+    entries = [(t, t.ByteSize()) for t in graph.initializer]
+    initializer_tag = _tag(onnx.GraphProto, "initializer")
+    graph_size = shell.ByteSize() + sum(
+        len(initializer_tag) + len(_varint(size)) + size for _, size in entries
+    )
+    with open(path, "wb") as file:
+        file.write(_without(model, "graph").SerializeToString())
+        file.write(_tag(onnx.ModelProto, "graph") + _varint(graph_size))
+        file.write(shell.SerializeToString())
+        for tensor, size in entries:
+            file.write(initializer_tag + _varint(size))
+            file.write(tensor.SerializeToString())
+
+
+def _without(message: Any, skipped: str) -> Any:
+    """A copy of `message` without the field `skipped` (the others are small)."""
+    copy = type(message)()
+    for field, value in message.ListFields():
+        if field.name == skipped:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(copy, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(copy, field.name).CopyFrom(value)
+        else:
+            setattr(copy, field.name, value)
+    return copy
+
+
+def _tag(message_type: Any, field_name: str) -> bytes:
+    """The key of a length-delimited field: field number << 3 | wire type 2."""
+    return _varint(message_type.DESCRIPTOR.fields_by_name[field_name].number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -96,7 +96,9 @@ def _export(
     prompts = parity.parity_prompts(
         checkpoint.tokenizer, arch.local_window(config), config.max_position_embeddings
     )
-    references = parity.reference_outputs(checkpoint.model, prompts)
+    references = parity.reference_outputs(
+        checkpoint.model, prompts, exact=options.precision == "fp32"
+    )
 
     with staged_folder(output, force) as staging:
         kind, fallback = _graph_kind(checkpoint, arch, options.graph)
