@@ -187,16 +187,19 @@ def write_streamed(model: onnx.ModelProto, path: Path) -> None:
     """`model` serialized to `path` one initializer at a time. onnx.save_model serializes the whole
     model into one bytes object first — a second copy of every embedded weight; here the file is
     written as protobuf's wire format lays it out (fields may come in any order, a repeated field
-    is its entries one after another), so only the largest weight is ever copied at once."""
-    graph = model.graph
-    shell = _without(graph, "initializer")  # nodes, inputs, outputs: small
-    entries = [(t, t.ByteSize()) for t in graph.initializer]
-    initializer_tag = _tag(onnx.GraphProto, "initializer")
-    graph_size = shell.ByteSize() + sum(
-        len(initializer_tag) + len(_varint(size)) + size for _, size in entries
-    )
+    is its entries one after another), so only the largest weight is ever copied at once. Fields
+    unknown to this onnx version are not carried over (the graphs written here have none)."""
     with open(path, "wb") as file:
         file.write(_without(model, "graph").SerializeToString())
+        if not model.HasField("graph"):
+            return
+        graph = model.graph
+        shell = _without(graph, "initializer")  # nodes, inputs, outputs: small
+        entries = [(t, t.ByteSize()) for t in graph.initializer]
+        initializer_tag = _tag(onnx.GraphProto, "initializer")
+        graph_size = shell.ByteSize() + sum(
+            len(initializer_tag) + len(_varint(size)) + size for _, size in entries
+        )
         file.write(_tag(onnx.ModelProto, "graph") + _varint(graph_size))
         file.write(shell.SerializeToString())
         for tensor, size in entries:

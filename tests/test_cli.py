@@ -110,6 +110,26 @@ def test_export_through_the_cli_reports_parity(checkpoints, tmp_path):
     result = run("export", str(checkpoints["gpt_neo"]), str(out))
     assert result.exit_code == 0, result.output
     assert "max |Δ logits|" in result.output and (out / "ortgen.json").is_file()
+    assert "rounding:" not in result.output  # a small model stays within 1e-4
+
+
+def test_parity_line_names_the_float64_figures_only_when_they_decided():
+    """Past 1e-4 (a large model's fp32 rounding), the success line says how far transformers fp32
+    itself is from float64 and how far the export is; within 1e-4, or quantized, it does not."""
+    from ortgen.cli.export import parity_summary
+
+    base = dict(top1_agreement=1.0, greedy_agreement=1.0, prompts=[{}] * 6)
+    fp32 = dict(base, thresholds={"max_abs_diff": 1e-4}, reference_error=2.7e-4)
+    line = parity_summary(
+        dict(fp32, max_abs_diff=5.2e-4, exact_max_abs_diff=4.8e-4, rounding_ratio=1.8)
+    )
+    assert (
+        "5.2e-04 (rounding: transformers fp32 itself is 2.7e-04 from float64, ONNX 4.8e-04)" in line
+    )
+    small = dict(fp32, max_abs_diff=2e-6, exact_max_abs_diff=1e-6, rounding_ratio=0.5)
+    assert "rounding" not in parity_summary(small)
+    quantized = dict(base, thresholds={"max_abs_diff": None}, max_abs_diff=0.3)
+    assert parity_summary(quantized).startswith("max |Δ logits| 3.0e-01, top-1 agreement 100.0%")
 
 
 def test_console_script_exit_codes(exported):
