@@ -165,30 +165,33 @@ def save(
     threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> list[str]:
     """Write the graph; weights go to `<file>.data` only when they exceed `threshold` bytes (the
-    protobuf limit by default). Returns the files written."""
+    protobuf limit by default). Returns the files written. Either way `model` is left pointing
+    at the bytes just written (each weight of ≥ 1 KB an external reference into the file that
+    holds it, its own bytes dropped), so a graph made from it next shares them."""
     size = sum(t.ByteSize() for t in model.graph.initializer)
     if size < threshold:
-        write_streamed(model, folder / file_name)
+        write_streamed(model, folder / file_name, refer=True)
         return [file_name]
-    onnx.save_model(
+    onnx.save_model(  # (which turns the written weights into references itself)
         model,
         str(folder / file_name),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
         location=f"{file_name}.data",
-        size_threshold=1024,
+        size_threshold=_REFERENCED_FROM,
     )
     # onnx creates the data file private (0600): give it the mode of every other file written.
     (folder / f"{file_name}.data").chmod(0o666 & ~umask())
     return [file_name, f"{file_name}.data"]
 
 
-def write_streamed(model: onnx.ModelProto, path: Path) -> None:
+def write_streamed(model: onnx.ModelProto, path: Path, refer: bool = False) -> None:
     """`model` serialized to `path` one initializer at a time. onnx.save_model serializes the whole
     model into one bytes object first — a second copy of every embedded weight; here the file is
     written as protobuf's wire format lays it out (fields may come in any order, a repeated field
     is its entries one after another), so only the largest weight is ever copied at once. Fields
-    unknown to this onnx version are not carried over (the graphs written here have none)."""
+    unknown to this onnx version are not carried over (the graphs written here have none). With
+    `refer`, each initializer of ≥ 1 KB becomes a reference to its bytes in the file."""
     with open(path, "wb") as file:
         file.write(_without(model, "graph").SerializeToString())
         if not model.HasField("graph"):
@@ -204,7 +207,54 @@ def write_streamed(model: onnx.ModelProto, path: Path) -> None:
         file.write(shell.SerializeToString())
         for tensor, size in entries:
             file.write(initializer_tag + _varint(size))
-            file.write(tensor.SerializeToString())
+            serialized = tensor.SerializeToString()
+            start = file.tell()
+            file.write(serialized)
+            raw = _payload(serialized, _RAW_DATA)  # (offset, length) of its bytes
+            if refer and raw is not None and raw[1] >= _REFERENCED_FROM:
+                _refer(tensor, path.name, start + raw[0], raw[1])
+
+
+_REFERENCED_FROM = 1024  # bytes: smaller initializers stay embedded in every graph
+_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+def _refer(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        tensor.external_data.add(key=key, value=str(value))
+
+
+def _payload(message: bytes, number: int) -> tuple[int, int] | None:
+    """(offset, length) of the length-delimited field `number` in a serialized message, found by
+    stepping over the fields before it (their payloads are skipped, not read)."""
+    at = 0
+    while at < len(message):
+        key, at = _read_varint(message, at)
+        kind = key & 7
+        if kind == 0:
+            _, at = _read_varint(message, at)
+        elif kind in (1, 5):
+            at += 8 if kind == 1 else 4
+        elif kind == 2:
+            length, at = _read_varint(message, at)
+            if key >> 3 == number:
+                return at, length
+            at += length
+        else:
+            return None  # groups: not in ONNX's messages
+    return None
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
 
 
 def _without(message: Any, skipped: str) -> Any:

@@ -2,10 +2,9 @@
 `MultiHeadAttention` (growing past → longer present, additive mask bias) becomes a
 `GroupQueryAttention` over preallocated [B, H, L, D] buffers that the runtime binds as both past and
 present, with per-row lengths (`seqlens_k`) instead of an attention mask. Its weights are not a
-second copy: every initializer stored in `model.onnx` is referenced there by byte offset (ONNX
-external data), and those already external stay in `model.onnx.data`. It is made from the graph
-just saved, in memory and consumed (each weight's bytes are released once referenced), and the
-saved file is searched in small windows: the export never holds a second copy of the weights."""
+second copy: it is made from the graph just saved, in memory and consumed, whose weights
+`graph.save` left as references to their bytes in `model.onnx` (or `model.onnx.data`), so it
+points at the same bytes (ONNX external data, by byte offset)."""
 
 from __future__ import annotations
 
@@ -20,20 +19,17 @@ from ortgen_export.builder import MS
 FILE = "inplace.onnx"
 SEQLENS, TOTAL = "seqlens_k", "total_sequence_length"
 _WINDOW = re.compile(r"attn_mask/window(\d+)$")
-_EMBED_BELOW = 1024  # bytes: tiny constants are cheaper to repeat than to reference
-_PREFIX = 256  # bytes of a weight looked for first
-_CHUNK = 1 << 24  # bytes per read while searching and verifying
 
 
 def write(folder: Path, model: onnx.ModelProto, model_file: str = "model.onnx") -> dict[str, str]:
-    """Write `folder/inplace.onnx` from `model`, the graph just saved as `folder/model_file`
-    (rewritten in place: the caller's copy is used up). → the manifest entry."""
+    """Write `folder/inplace.onnx` from `model`, the graph `graph.save` just wrote as
+    `folder/model_file` (rewritten in place: the caller's copy is used up). → the manifest
+    entry."""
     windows = _windows_by_bias(model.graph)
     for node in [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]:
         _swap_attention(model.graph, node, windows[node.input[5]])
     _prune(model.graph)
     _rewrite_inputs(model.graph)
-    _reference_weights(model.graph, folder / model_file)
     onnx.save_model(model, str(folder / FILE))
     return {
         "file": FILE,
@@ -123,53 +119,3 @@ def _rewrite_inputs(graph) -> None:
     used = {name for n in graph.node for name in n.input} - inputs
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
-
-
-def _reference_weights(graph, saved: Path) -> None:
-    """Point each embedded initializer at its bytes inside the `saved` file instead of copying
-    them. Initializers are serialized in graph order, each just after a small header (name,
-    dims): each is looked for past the previous one, in chunks, never the whole file at once."""
-    start = 0
-    with open(saved, "rb") as file:
-        for tensor in graph.initializer:
-            if tensor.data_location == TensorProto.EXTERNAL:
-                continue
-            raw = tensor.raw_data  # a copy of the bytes: read once
-            if len(raw) < _EMBED_BELOW:
-                continue
-            offset = _find(file, raw, start)
-            if offset is None:
-                continue  # not found byte for byte: keep it embedded (correct, only larger)
-            start = offset + len(raw)
-            tensor.ClearField("raw_data")
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", saved.name), ("offset", offset), ("length", len(raw))):
-                tensor.external_data.add(key=key, value=str(value))
-
-
-def _find(file, raw: bytes, start: int) -> int | None:
-    """Offset ≥ `start` of `raw` in the file, or None: its first bytes looked for chunk by chunk
-    (usually within the first, just past the previous weight), each candidate checked in full."""
-    head = raw[:_PREFIX]
-    chunk_start = start
-    while True:
-        file.seek(chunk_start)
-        chunk = file.read(_CHUNK + len(head) - 1)  # overlapping: no match cut in two
-        at = chunk.find(head)
-        while at >= 0:
-            if _equal_at(file, chunk_start + at, raw):
-                return chunk_start + at
-            at = chunk.find(head, at + 1)
-        if len(chunk) < _CHUNK + len(head) - 1:
-            return None
-        chunk_start += _CHUNK
-
-
-def _equal_at(file, offset: int, raw: bytes) -> bool:
-    view = memoryview(raw)
-    file.seek(offset)
-    for begin in range(0, len(raw), _CHUNK):
-        part = view[begin : begin + _CHUNK]
-        if file.read(len(part)) != part:
-            return False
-    return True

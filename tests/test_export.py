@@ -381,3 +381,30 @@ def test_streamed_writer_keeps_every_field(tmp_path):
         back = onnx.load(str(path))
         assert back == case and path.stat().st_size == case.ByteSize()
         assert back.HasField("graph") == case.HasField("graph")
+
+
+@pytest.mark.parametrize("threshold", [None, 0], ids=["embedded", "data-file"])
+def test_saved_graph_points_at_the_bytes_it_wrote(exported, tmp_path, threshold):
+    """After graph.save, every weight of ≥ 1 KB in the in-memory graph is a reference to its own
+    bytes in the written file (model.onnx, or model.onnx.data past the threshold) — what the
+    in-place graph is made from; smaller ones stay embedded."""
+    from ortgen_export import graph
+
+    model = onnx.load(str(exported["gpt2"] / "model.onnx"))
+    arrays = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    options = {} if threshold is None else {"threshold": threshold}
+    files = graph.save(model, tmp_path, **options)
+    assert files == (["model.onnx"] if threshold is None else ["model.onnx", "model.onnx.data"])
+    referenced = 0
+    for tensor in model.graph.initializer:
+        if arrays[tensor.name].nbytes < 1024:
+            assert tensor.data_location != onnx.TensorProto.EXTERNAL
+            continue
+        entry = {e.key: e.value for e in tensor.external_data}
+        assert tensor.data_location == onnx.TensorProto.EXTERNAL and entry["location"] == files[-1]
+        with open(tmp_path / entry["location"], "rb") as file:
+            file.seek(int(entry["offset"]))
+            stored = file.read(int(entry["length"]))
+        assert stored == arrays[tensor.name].tobytes()
+        referenced += 1
+    assert referenced >= 4 * read_manifest(exported["gpt2"]).num_layers

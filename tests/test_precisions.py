@@ -182,8 +182,8 @@ def size(path) -> int:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_in_place_graph_stores_no_weight_twice(arch, precision, quantized, exported):
-    """inplace.onnx points into model.onnx for every weight (found in the saved file in chunks):
-    none is embedded a second time."""
+    """inplace.onnx points into model.onnx for every weight (graph.save leaves the graph
+    referencing the bytes it wrote): none is embedded a second time."""
     folder = exported[arch] if precision == "fp32" else quantized[(arch, precision)]
     graph = onnx.load(str(folder / "inplace.onnx"), load_external_data=False).graph
     weights = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
