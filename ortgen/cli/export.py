@@ -24,7 +24,7 @@ def export(
     ] = "fp32",
     block_size: Annotated[
         int | None,
-        typer.Option(help="Weights per scale, power of two ≥ 16 (int4: 32; int8 tied head: 128)."),
+        typer.Option(help="Weights per scale, power of two ≥ 16 (int4: 32; int8: 64)."),
     ] = None,
     accuracy_level: Annotated[
         int, typer.Option(help="int8/int4: MatMulNBits compute, 4 = int8 activations, 0 = fp32.")
