@@ -2,7 +2,7 @@
 serve` on the 124M int8 folder (random weights), optionally against llama.cpp's `llama-server` on
 the same GGUF: aggregate tokens/s, p50/p99 time to first token and inter-token latency; a table,
 and JSON beside it. Smoke run: `python -m bench.serving --model DIR --clients 1 4 --new-tokens 8`
-(a small folder may need `--prompt-words 16 64`)."""
+(a small folder may need `--prompt-tokens 16 64`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from tokenizers import Tokenizer
 
 BENCH = Path(__file__).parent
 DEFAULT_MODEL = BENCH / "work" / "gpt2-int8"  # bench.prepare builds it (bench/checkpoints.py)
@@ -36,10 +37,12 @@ class Result:
     itl_p99_ms: float
 
 
-def prompt_text(rng: np.random.Generator, lengths: tuple[int, int]) -> str:
-    """lengths[0]–lengths[1] words, one GPT-2 token each (common words after a space)."""
+def prompt_text(rng: np.random.Generator, lengths: tuple[int, int], tokenizer) -> str:
+    """A prompt of lengths[0]–lengths[1] tokens of `tokenizer` (words cut at a token boundary)."""
     words = ["the", "sea", "old", "man", "told", "us", "of", "a", "storm", "and", "ship"]
-    return " ".join(rng.choice(words, int(rng.integers(lengths[0], lengths[1] + 1))))
+    wanted = int(rng.integers(lengths[0], lengths[1] + 1))
+    ids = tokenizer.encode(" ".join(rng.choice(words, 2 * wanted))).ids[:wanted]
+    return tokenizer.decode(ids)
 
 
 async def one_client(client: httpx.AsyncClient, body: dict) -> tuple[float, list[float], int]:
@@ -55,10 +58,12 @@ async def one_client(client: httpx.AsyncClient, body: dict) -> tuple[float, list
     return stamps[0] - start, list(np.diff(stamps)), len(stamps)
 
 
-async def run_clients(url: str, clients: int, new_tokens: int, seed: int, lengths) -> tuple:
+async def run_clients(url: str, clients: int, new_tokens: int, seed: int, args) -> tuple:
     rng = np.random.default_rng(seed)
+    tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     bodies = [
-        {"model": "m", "prompt": prompt_text(rng, lengths), "max_tokens": new_tokens}
+        {"model": "m", "prompt": prompt_text(rng, args.prompt_tokens, tokenizer)}
+        | {"max_tokens": new_tokens}
         | {"stream": True}
         | {"temperature": 0, "min_tokens": new_tokens}  # llama-server: "min_tokens" too
         for _ in range(clients)
@@ -108,6 +113,7 @@ def ortgen_command(args, port: int, clients: int) -> list[str]:
         *(str(ortgen), "serve", "--model", str(args.model), "--port", str(port)),
         *("--threads", str(args.threads), "--max-batch", str(max(clients, 1))),
         *("--max-queue", str(max(clients, 1))),
+        *("--prefill-chunk", str(args.prefill_chunk)),
     ]
 
 
@@ -129,8 +135,8 @@ def measure(system: str, command, args) -> list[Result]:
         process = subprocess.Popen(command(args, port, clients), stdout=quiet, stderr=quiet)
         try:
             wait_healthy(url, process)
-            asyncio.run(run_clients(url, 1, 4, 99, args.prompt_words))  # warm-up
-            work = run_clients(url, clients, args.new_tokens, clients, args.prompt_words)
+            asyncio.run(run_clients(url, 1, 4, 99, args))  # warm-up
+            work = run_clients(url, clients, args.new_tokens, clients, args)
             runs, wall = asyncio.run(work)
             results.append(summarise(system, clients, runs, wall))
         finally:
@@ -144,8 +150,8 @@ def table(results: list[Result], args) -> str:
 
     head = (
         f"{platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, "
-        f"threads {args.threads}, prompts {args.prompt_words[0]}-{args.prompt_words[1]} words, "
-        f"{args.new_tokens} new tokens"
+        f"threads {args.threads}, prompts {args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, "
+        f"{args.new_tokens} new tokens, ortgen --prefill-chunk {args.prefill_chunk}"
     )
     rows = [
         f"{'system':<13}{'clients':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}"
@@ -164,8 +170,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-words", type=int, nargs=2, default=(16, 128))
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(16, 128))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prefill-chunk", type=int, default=64, help="ortgen serve's")
     parser.add_argument("--llama-server", type=Path, help="llama-server binary to compare with")
     parser.add_argument("--gguf", type=Path, help="GGUF (q8_0) of the same checkpoint")
     parser.add_argument("--out", type=Path, default=BENCH / "results")

@@ -9,7 +9,8 @@ Two layouts, one interface:
 - `SlotCache` runs the in-place graph: one preallocated buffer per layer and kind, [rows, H, L, D],
   bound as both past and present, so GroupQueryAttention appends the new token where it lies; every
   row starts at slot position 0 and attends to its own length only (per-row `seqlens_k`), so a row's
-  numbers never depend on its neighbours."""
+  numbers never depend on its neighbours. It can also take a prompt in parts (`prefill_part`), so
+  a server interleaves a long prompt with the other rows' steps."""
 
 from __future__ import annotations
 
@@ -55,6 +56,20 @@ class DecodeState:
         """Feed one token per row. ids: [rows] int → logits [rows, V] float32."""
         raise NotImplementedError
 
+    # Chunked prefill: a prompt fed in parts gives bit for bit the numbers of a whole prefill.
+    chunked = False  # whether prefill_part exists
+
+    def prefill_part(self, prompt: Sequence[int], end: int) -> np.ndarray | None:
+        """Feed prompt[cached:end] into the row being added, `cached` being what earlier calls
+        fed. When end reaches len(prompt) the row joins the batch: → its last-position logits
+        [V] float32; before that None. A part is never one token of a longer prompt (that
+        runs another kernel path): see `part_end`."""
+        raise NotImplementedError
+
+    def drop_part(self) -> None:
+        """Forget the row being added (its request was cancelled)."""
+        raise NotImplementedError
+
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (ascending indices), in that order: finished rows leave the batch."""
         raise NotImplementedError
@@ -83,6 +98,14 @@ class DecodeState:
         if names.logits_to_keep:
             feeds[names.logits_to_keep] = _ALL if all_logits else _LAST_ONLY
         return feeds
+
+
+def part_end(length: int, cached: int, budget: int) -> int:
+    """Where the next part of a `length`-token prompt ends, `cached` tokens being fed already:
+    at most `budget` tokens (≥ 2), but never leaving or making a one-token part of a longer
+    prompt (a one-token run takes the decode path, whose numbers differ in the last bits)."""
+    end = min(length, cached + max(budget, 2))
+    return length if length - end == 1 else end
 
 
 def _per_layer(model: Model, key: str, value: str) -> list[str]:
@@ -215,6 +238,7 @@ class SlotCache(DecodeState):
         m = self.manifest
         self._seqlens, self._total = m.inplace["seqlens_k"], m.inplace["total_length"]
         self._lengths = np.zeros(0, dtype=np.int32)  # [rows] tokens cached per row
+        self._cached = 0  # prompt tokens of the row being added (slot `rows`), prefill_part's
         # One [slots, H, max_positions, D] buffer per layer and kind. np.zeros maps pages lazily:
         # memory is spent only where a row has written tokens.
         self._buffers = [self._zeros(0) for _ in self._past]
@@ -226,6 +250,8 @@ class SlotCache(DecodeState):
     def prefill(
         self, prompts: Sequence[Sequence[int]], all_logits: bool = False, hidden: bool = False
     ) -> np.ndarray:
+        if self._cached:
+            raise ValueError("prefill() while prefill_part() is adding a row")
         first, every = self._first_output(hidden), all_logits or hidden
         out = []
         for prompt in prompts:  # alone: a row's numbers never depend on the others
@@ -240,6 +266,27 @@ class SlotCache(DecodeState):
             out.append(result[0].astype(np.float32, copy=False) if every else result[0, -1])
         return _stack_left_padded(out) if every else np.stack(out)
 
+    chunked = True
+
+    def prefill_part(self, prompt: Sequence[int], end: int) -> np.ndarray | None:
+        start, row = self._cached, self.rows
+        if not (start < end <= len(prompt) and (end - start > 1 or len(prompt) == 1)):
+            raise ValueError(f"part {start}:{end} of a {len(prompt)}-token prompt")
+        self._reserve(row + 1)
+        ids = np.asarray([prompt[start:end]], dtype=np.int64)  # [1, T]
+        positions = np.arange(start, end, dtype=np.int64)[None]  # [1, T]
+        seqlens = np.array([end - 1], dtype=np.int32)
+        logits = self._run(ids, positions, slice(row, row + 1), seqlens, end, False)
+        if end < len(prompt):
+            self._cached = end
+            return None
+        self._cached = 0
+        self._lengths = np.append(self._lengths, np.int32(end))
+        return logits[0, -1]
+
+    def drop_part(self) -> None:
+        self._cached = 0
+
     def step(self, ids: np.ndarray) -> np.ndarray:
         tokens = np.asarray(ids, dtype=np.int64).reshape(-1, 1)  # [B, 1]
         positions = self._lengths[:, None].astype(np.int64)  # [B, 1]: the new token's slot
@@ -249,14 +296,18 @@ class SlotCache(DecodeState):
         return logits[:, -1]
 
     def keep(self, rows: Sequence[int]) -> None:
-        for target, source in enumerate(rows):  # ascending: a slot moves down, never up
-            if target != source:
-                used = int(self._lengths[source])
+        # ascending: a slot moves down, never up; a row being added follows the kept rows
+        moves = [(t, s, int(self._lengths[s])) for t, s in enumerate(rows)]
+        moves.append((len(rows), self.rows, self._cached))
+        for target, source, used in moves:
+            if target != source and used:
                 for buffer in self._buffers:
                     buffer[target, :, :used] = buffer[source, :, :used]
         self._lengths = self._lengths[np.asarray(rows, dtype=np.int64)]
 
     def select(self, rows: Sequence[int]) -> None:
+        if self._cached:
+            raise ValueError("select() while a row is being added")
         rows = [int(r) for r in rows]
         self._reserve(len(rows))
         moves = [(target, source) for target, source in enumerate(rows) if target != source]
@@ -297,7 +348,7 @@ class SlotCache(DecodeState):
         if slots <= have:
             return
         grown = [self._zeros(max(slots, 2 * have)) for _ in self._buffers]
-        for row, used in enumerate(self._lengths.tolist()):
+        for row, used in enumerate([*self._lengths.tolist(), self._cached][:have]):
             for old, new in zip(self._buffers, grown, strict=True):
                 new[row, :, :used] = old[row, :, :used]
         self._buffers = grown

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ortgen.decode_state import DecodeState
+from ortgen.decode_state import DecodeState, part_end
 from ortgen.errors import (
     EngineClosedError,
     InvalidOptionError,
@@ -45,7 +45,8 @@ class Engine:
         self._waiting: collections.deque[Request] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
-        self._running: list[Request] = []  # requests with rows in the decode state (worker's)
+        self._running: list[Request] = []  # requests being prefilled or decoded (worker's)
+        self._cached = 0  # tokens of the first queued prompt the decode state holds (worker's)
         self._worker: threading.Thread | None = None
         self.aio = AsyncEngine(self)
 
@@ -154,23 +155,23 @@ class Engine:
 
     def _decode(self) -> bool:
         """Run batches until idle and closed (→ False). Rows are (request, sequence) pairs in
-        decode-state order."""
+        decode-state order; `prompts` holds the pairs whose prompts are not cached yet."""
         state = DecodeState.for_model(self.generator.model)
+        self._cached = 0
         rows: list[tuple[Request, Sequence]] = []
+        prompts: collections.deque[tuple[Request, Sequence]] = collections.deque()
         logits = np.zeros((0, self.generator.manifest.vocab_size), np.float32)  # [rows, V]
         self._running = []
         while True:
-            admitted = self._admit(len(rows), idle=not rows)
+            admitted = self._admit(len(rows) + len(prompts), idle=not rows and not prompts)
             if admitted is None:
                 return False
-            for request in admitted:  # prefilled one by one: a cancel is seen between them
-                if request.cancelled or _expired(request):
-                    self._finish(request)
-                    continue
+            for request in admitted:
                 self._running.append(request)  # before the prefill: a failure reaches it
-                first = state.prefill([s.prompt for s in request.sequences])  # [n, V]
-                logits = np.concatenate([logits, first])
-                rows += [(request, s) for s in request.sequences]
+                prompts.extend((request, s) for s in request.sequences)
+            joined, first = self._prefill(state, prompts, decoding=len(rows))
+            logits = np.concatenate([logits, first])
+            rows += joined
             tokens = self._advance(rows, logits)
             going = [r for r, (req, seq) in enumerate(rows) if _alive(req, seq)]
             if len(going) < len(rows):
@@ -184,6 +185,53 @@ class Engine:
                 logits = state.step(np.asarray(tokens, dtype=np.int64))  # [rows, V]
             else:
                 logits = logits[:0]
+
+    def _prefill(self, state: DecodeState, prompts: collections.deque, decoding: int) -> tuple:
+        """Cache queued prompts, first come first served. While at least as many rows are
+        decoding as prompts wait, at most `prefill_chunk` prompt tokens between two of their
+        steps (a long prompt takes several steps: the running streams' inter-token latency
+        stays steady); otherwise every queued prompt at once: the few rows it stalls once lose
+        less than the many prompts that chunking would delay step after step (a burst).
+        A cancelled request's prompts leave at once. → (rows that joined, their logits [n, V])."""
+        chunk = state.chunked and decoding >= len(prompts)
+        budget = self.limits.prefill_chunk if chunk else None
+        joined, first = [], []
+        for request in {r for r, _ in prompts if r.cancelled or _expired(r)}:
+            self._drop_prompts(state, prompts, request)
+        while prompts and (budget is None or budget > 0):
+            request, sequence = prompts[0]
+            if request.cancelled or _expired(request):
+                self._drop_prompts(state, prompts, request)
+                continue
+            if not state.chunked:
+                out = state.prefill([sequence.prompt])[0]  # [V]
+            else:
+                length, cached = len(sequence.prompt), self._cached
+                end = part_end(length, cached, length if budget is None else budget)
+                out = state.prefill_part(sequence.prompt, end)
+                self._cached = 0 if out is not None else end
+                if budget is not None:
+                    budget -= end - cached
+                    self.metrics.prefill_parts.inc()
+            if out is not None:
+                prompts.popleft()
+                joined.append((request, sequence))
+                first.append(out)
+        pending = sum(len(sequence.prompt) for _, sequence in prompts) - self._cached
+        self.metrics.prefill_tokens.set(pending)
+        width = self.generator.manifest.vocab_size
+        return joined, np.stack(first) if first else np.zeros((0, width), np.float32)
+
+    def _drop_prompts(self, state: DecodeState, prompts: collections.deque, request) -> None:
+        """A cancelled (or timed-out) request's prompts leave the queue, a part-cached one too;
+        with no row decoding either, it ends now."""
+        if self._cached and prompts[0][0] is request:
+            state.drop_part()
+            self._cached = 0
+        kept = [pair for pair in prompts if pair[0] is not request]
+        prompts.clear()
+        prompts.extend(kept)
+        self._retire()
 
     def _advance(self, rows: list[tuple[Request, Sequence]], logits: np.ndarray) -> list[int]:
         """Every row chooses and pushes its next token; new text goes to its caller."""

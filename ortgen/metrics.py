@@ -35,6 +35,7 @@ class EngineMetrics:
             nothing = _Nothing()
             self.requests = self.prompt_tokens = self.tokens = nothing
             self.queue_depth = self.batch_rows = self.step_rows = nothing
+            self.prefill_tokens = self.prefill_parts = nothing
             self.ttft = self.inter_token = nothing
             return
         self.registry = r = p.CollectorRegistry()
@@ -45,6 +46,12 @@ class EngineMetrics:
         self.tokens = p.Counter("ortgen_generated_tokens", "Tokens generated", registry=r)
         self.queue_depth = p.Gauge("ortgen_queue_depth", "Requests waiting for rows", registry=r)
         self.batch_rows = p.Gauge("ortgen_batch_rows", "Rows in the running batch", registry=r)
+        self.prefill_tokens = p.Gauge(
+            "ortgen_prefill_tokens", "Prompt tokens admitted, not yet cached", registry=r
+        )
+        self.prefill_parts = p.Counter(
+            "ortgen_prefill_parts", "Prompt parts cached between decode steps", registry=r
+        )
         self.step_rows = p.Histogram(
             "ortgen_step_batch_rows", "Rows per decode step", buckets=_ROW_BUCKETS, registry=r
         )

@@ -22,12 +22,19 @@ class EngineLimits:
     max_batch: int = 16  # rows (returned sequences) decoded together at most
     max_queue: int = 64  # requests waiting for rows at most; beyond it submit raises Overloaded
     timeout: float | None = None  # seconds a request may take, queue included; None: no limit
+    # prompt tokens cached between two decode steps while rows are decoding (chunked prefill):
+    # lower keeps their inter-token latency steadier, higher gives new requests their first
+    # token sooner. Whole prompts go at once when fewer rows decode than prompts wait (an idle
+    # engine, a burst of arrivals)
+    prefill_chunk: int = 64
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise InvalidOptionError(f"max_batch must be ≥ 1, got {self.max_batch}")
         if self.max_queue < 1:
             raise InvalidOptionError(f"max_queue must be ≥ 1, got {self.max_queue}")
+        if self.prefill_chunk < 2:
+            raise InvalidOptionError(f"prefill_chunk must be ≥ 2 tokens, got {self.prefill_chunk}")
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidOptionError(f"timeout must be > 0 seconds, got {self.timeout}")
 

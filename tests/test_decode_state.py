@@ -1,13 +1,14 @@
 """The decode state, the one owner of the KV cache: rows that join a running batch, rows that leave
 it, and rows run alone see the same numbers — bit for bit on the in-place graph, within fp32
-rounding on the portable one (its softmax runs over the batch's padded width)."""
+rounding on the portable one (its softmax runs over the batch's padded width). A prompt fed in
+parts (chunked prefill) gives the numbers of the whole prompt, bit for bit."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ortgen.decode_state import DecodeState, GrowingCache, SlotCache
+from ortgen.decode_state import DecodeState, GrowingCache, SlotCache, part_end
 
 EXACT = {"built": 0.0, "portable": 1e-5}  # max |Δ logits| allowed vs the row alone
 
@@ -92,3 +93,63 @@ def test_select_with_repeats_gives_the_logits_of_the_rows_it_copies(arch, graph,
         assert np.abs(after[j] - want).max() <= exact, (j, source)
     state.select([4, 1])  # shrinking, out of order
     assert state.step(np.asarray([40, 41])).shape[0] == 2
+
+
+def parts(length: int, budget: int) -> list[int]:
+    """The ends of the parts a `length`-token prompt is fed in at `budget` tokens a time."""
+    ends = [part_end(length, 0, budget)]
+    while ends[-1] < length:
+        ends.append(part_end(length, ends[-1], budget))
+    return ends
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 16, 17, 33, 40])
+@pytest.mark.parametrize("budget", [2, 3, 15, 16, 64])
+def test_prompt_parts_cover_it_and_are_never_one_token_of_a_longer_prompt(length, budget):
+    ends = parts(length, budget)
+    sizes = np.diff([0, *ends])
+    assert ends[-1] == length and (sizes > 0).all()
+    assert (sizes <= budget + 1).all()  # a part grows by one rather than leave one token
+    assert length == 1 or (sizes >= 2).all()
+
+
+def test_prompt_fed_in_parts_gives_the_numbers_of_the_whole_prompt(arch, generators):
+    """Parts of 2, 3, 7 and 16 tokens (odd splits included), while another row decodes, leaves
+    (its slot moves the part-cached row down) and the slots grow: every logit as alone."""
+    generator = generators[arch]
+    rng = np.random.default_rng(3)
+    max_positions = generator.manifest.max_positions
+    for budget in (2, 3, 7, 16):
+        prompt = rng.integers(1, 300, max_positions // 2 + 3).tolist()  # past GPT-Neo's window
+        forced = rng.integers(1, 300, 6).tolist()
+        want = alone(generator, prompt, forced)
+        state = DecodeState.for_model(generator.model)
+        assert state.chunked
+        state.prefill([[5, 6, 7], [8, 9]])  # neighbours: the second leaves mid-prompt
+        got, ends = None, parts(len(prompt), budget)
+        for k, end in enumerate(ends):
+            state.step(np.asarray([1] * state.rows))
+            if k == 1:
+                state.keep([0])
+            got = state.prefill_part(prompt, end)
+            assert (got is None) == (end < len(prompt))
+        rows = [got]
+        for token in forced:
+            rows.append(state.step(np.asarray([4, token]))[1])
+        for k, (a, b) in enumerate(zip(rows, want, strict=True)):
+            assert np.array_equal(a, b), (budget, k, float(np.abs(a - b).max()))
+
+
+def test_dropped_part_leaves_no_trace(generators):
+    generator = generators["gpt2"]
+    prompt, other = list(range(10, 40)), list(range(50, 70))
+    want = alone(generator, other, [3, 4])
+    state = DecodeState.for_model(generator.model)
+    assert state.prefill_part(prompt, 16) is None
+    state.drop_part()
+    assert state.rows == 0
+    rows = [state.prefill_part(other, len(other))]
+    rows += [state.step(np.asarray([t]))[0] for t in (3, 4)]
+    assert all(np.array_equal(a, b) for a, b in zip(rows, want, strict=True))
+    with pytest.raises(ValueError):
+        state.prefill_part(prompt, 1)  # one token of a longer prompt

@@ -1,6 +1,7 @@
 """The serving engine: requests batched as they arrive give exactly the tokens each gives alone
-(both architectures, every precision); cancellation, queue limits and timeouts; the asyncio API;
-one Generator shared by many threads."""
+(both architectures, every precision, prompts fed whole or in parts between steps); cancellation
+(prefill included), queue limits and timeouts; the asyncio API; one Generator shared by many
+threads."""
 
 from __future__ import annotations
 
@@ -120,13 +121,16 @@ def test_sixteen_concurrent_requests_give_the_tokens_each_gives_alone(
     generator = Generator.from_dir(precision_folders[arch, precision], threads=1)
     requests = mixed_requests(generator)
     alone = [generator.generate_ids(prompt, **options) for prompt, options in requests]
-    engine = Engine(generator, EngineLimits(max_batch=8, max_queue=16))  # half wait, then join
+    # half wait, then join while the others decode: their prompts go in parts of ≤ 5 tokens
+    engine = Engine(generator, EngineLimits(max_batch=8, max_queue=16, prefill_chunk=5))
     try:
         handles = [engine.submit(prompt, **options) for prompt, options in requests]
         together = [h.result().choices[0].ids for h in handles]
     finally:
         engine.close()
     assert rows_seen(engine) >= 4  # the requests really ran side by side
+    parts = engine.metrics.registry.get_sample_value("ortgen_prefill_parts_total")
+    assert parts > len(requests) // 2  # and prompts went in parts between steps
     for i, (want, got) in enumerate(zip(alone, together, strict=True)):
         assert got == want, f"request {i} ({requests[i][1]}) changed when batched"
 
@@ -195,6 +199,29 @@ def test_cancelled_request_leaves_within_one_step(long_generator):
         wait_for(lambda: gauge(engine, "ortgen_batch_rows") == 0, "the row to leave")
     finally:
         engine.close()
+
+
+def test_request_cancelled_during_its_prefill_leaves_and_the_others_go_on(long_generator):
+    generator = long_generator
+    engine = Engine(generator, EngineLimits(max_batch=4, prefill_chunk=16))
+    try:
+        running = engine.submit("The old fisherman", **LONG)
+        first_piece(running)
+        long_prompt = generator.encode("The sea was calm. " * 300)[:1500]
+        doomed = engine.submit(long_prompt, max_new_tokens=5)  # ~90 parts of 16 tokens
+        wait_for(lambda: 0 < gauge(engine, "ortgen_prefill_tokens") < len(long_prompt), "parts")
+        doomed.cancel()
+        with pytest.raises(RequestCancelledError):
+            doomed.result()
+        wait_for(lambda: gauge(engine, "ortgen_prefill_tokens") == 0, "the prompt to leave")
+        assert outcomes(engine, "cancelled") == 1
+        prompt = long_prompt[:200]  # reuses the slot the cancelled prompt was filling
+        want = generator.generate_ids(prompt, max_new_tokens=8, do_sample=False)
+        got = engine.generate(prompt, max_new_tokens=8, do_sample=False)
+        assert got.choices[0].ids == want
+        assert not running.cancelled and gauge(engine, "ortgen_batch_rows") == 1
+    finally:
+        engine.close(cancel=True)
 
 
 def gauge(engine: Engine, name: str) -> float:

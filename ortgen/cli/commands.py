@@ -101,6 +101,13 @@ def serve(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds a request may take, queue included.")
     ] = None,
+    prefill_chunk: Annotated[
+        int,
+        typer.Option(
+            help="Prompt tokens cached between two decode steps while others decode: lower "
+            "keeps their token rate steadier, higher gives new requests their first token sooner."
+        ),
+    ] = 64,
 ) -> None:
     """Serve the model over HTTP: OpenAI-style /v1/completions, /generate, /health, /metrics."""
     try:
@@ -111,7 +118,8 @@ def serve(
         ) from None
     from ortgen.engine import EngineLimits
 
-    run_server(model, host, port, EngineLimits(max_batch, max_queue, timeout), threads)
+    limits = EngineLimits(max_batch, max_queue, timeout, prefill_chunk)
+    run_server(model, host, port, limits, threads)
 
 
 @app.command()
