@@ -8,7 +8,7 @@ DEMO   := demo-model
 PEERS  := bench/.venv
 
 .PHONY: install test test-runtime demo train default-model lint format bench bench-setup bench-setup-server \
-	bench-large clean
+	bench-serving bench-large clean
 
 install: $(STAMP)
 
@@ -108,6 +108,12 @@ BENCH_ARGS ?= --rounds 5
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.batching --rounds 5
+	$(MAKE) bench-serving
+
+# 1, 4, 16, 64 concurrent streaming clients: ortgen serve vs llama-server on the same GGUF q8_0
+# (built if missing). About 4 minutes.
+bench-serving: $(STAMP) $(LLAMA_SERVER)
+	$(BIN)/python -m bench.serving --llama-server $(LLAMA_SERVER)
 
 # gpt2-large and gpt-neo-1.3B (random weights, real configs) at fp32 / int8 / int4: export time and
 # peak RSS, folder size, W1 tokens/s. About 30 minutes and 25 GB of disk under bench/work.

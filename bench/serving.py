@@ -172,15 +172,27 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(16, 128))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prefill-chunk", type=int, default=64, help="ortgen serve's")
+    parser.add_argument("--prefill-chunk", type=int, default=128, help="ortgen serve's")
     parser.add_argument("--llama-server", type=Path, help="llama-server binary to compare with")
-    parser.add_argument("--gguf", type=Path, help="GGUF (q8_0) of the same checkpoint")
+    parser.add_argument(
+        "--gguf", type=Path, help="GGUF (q8_0) of the same checkpoint (default: bench.prepare's)"
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
+    missing = args.model == DEFAULT_MODEL and not (DEFAULT_MODEL / "ortgen.json").is_file()
+    if missing or (args.llama_server is not None and args.gguf is None):
+        from bench.prepare import prepare  # the random gpt2 checkpoint, its folder and GGUF
+
+        wanted = {"ortgen-int8"} | ({"llamacpp-q8_0"} if args.llama_server else set())
+        built = prepare("gpt2", wanted)
+        if args.model == DEFAULT_MODEL:
+            args.model = built["ortgen-int8"]["path"]
+        if args.llama_server is not None and args.gguf is None:
+            args.gguf = built["llamacpp-q8_0"]["path"]
     if not (args.model / "ortgen.json").is_file():
         raise SystemExit(f"{args.model} is no ortgen folder: build it with bench.prepare first")
-    if (args.llama_server is None) != (args.gguf is None):
-        raise SystemExit("give --llama-server and --gguf together")
+    if args.gguf is not None and args.llama_server is None:
+        raise SystemExit("--gguf needs --llama-server (the llama-server binary)")
     results = measure("ortgen", ortgen_command, args)
     if args.llama_server is not None:
         results += measure("llama-server", llama_command, args)
@@ -190,6 +202,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {"header": report.splitlines()[0], "results": [asdict(r) for r in results]}
     (args.out / f"serving-{stamp}.json").write_text(json.dumps(record, indent=2))
+    (args.out / f"serving-{stamp}.md").write_text(f"```\n{report}\n```\n")
 
 
 if __name__ == "__main__":

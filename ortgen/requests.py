@@ -26,7 +26,7 @@ class EngineLimits:
     # lower keeps their inter-token latency steadier, higher gives new requests their first
     # token sooner. Whole prompts go at once when fewer rows decode than prompts wait (an idle
     # engine, a burst of arrivals)
-    prefill_chunk: int = 64
+    prefill_chunk: int = 128
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

@@ -107,7 +107,7 @@ def serve(
             help="Prompt tokens cached between two decode steps while others decode: lower "
             "keeps their token rate steadier, higher gives new requests their first token sooner."
         ),
-    ] = 64,
+    ] = 128,
 ) -> None:
     """Serve the model over HTTP: OpenAI-style /v1/completions, /generate, /health, /metrics."""
     try:
