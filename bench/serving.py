@@ -179,6 +179,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
+    if args.llama_server is not None and args.gguf is None and args.model != DEFAULT_MODEL:
+        raise SystemExit("give --gguf: the GGUF of the checkpoint behind --model")
     missing = args.model == DEFAULT_MODEL and not (DEFAULT_MODEL / "ortgen.json").is_file()
     if missing or (args.llama_server is not None and args.gguf is None):
         from bench.prepare import prepare  # the random gpt2 checkpoint, its folder and GGUF

@@ -152,6 +152,7 @@ class Engine:
                     request.deliver(err)
                 self._running = []
                 self.metrics.batch_rows.set(0)
+                self.metrics.prefill_tokens.set(0)
 
     def _decode(self) -> bool:
         """Run batches until idle and closed (→ False). Rows are (request, sequence) pairs in
@@ -177,9 +178,8 @@ class Engine:
             if len(going) < len(rows):
                 state.keep(going)
                 rows, tokens = [rows[r] for r in going], [tokens[r] for r in going]
-                self.metrics.batch_rows.set(len(rows))  # before the callers hear of it
-                self._retire()
-            self.metrics.batch_rows.set(len(rows))
+            self.metrics.batch_rows.set(len(rows))  # before the callers hear of it
+            self._retire()  # ended rows and dropped prompts: no row of theirs is left
             if rows:
                 self.metrics.step_rows.observe(len(rows))
                 logits = state.step(np.asarray(tokens, dtype=np.int64))  # [rows, V]
@@ -188,17 +188,18 @@ class Engine:
 
     def _prefill(self, state: DecodeState, prompts: collections.deque, decoding: int) -> tuple:
         """Cache queued prompts, first come first served. While at least as many rows are
-        decoding as prompts wait, at most `prefill_chunk` prompt tokens between two of their
-        steps (a long prompt takes several steps: the running streams' inter-token latency
-        stays steady); otherwise every queued prompt at once: the few rows it stalls once lose
-        less than the many prompts that chunking would delay step after step (a burst).
-        A cancelled request's prompts leave at once. → (rows that joined, their logits [n, V])."""
+        decoding as prompts wait, at most `prefill_chunk` prompt tokens (one more where that
+        spares a 1-token last part) between two of their steps: a long prompt takes several
+        steps and the running streams' inter-token latency stays steady. Otherwise every
+        queued prompt at once: the few rows it stalls once lose less than the many prompts
+        that chunking would delay step after step (a burst). A cancelled request's prompts
+        leave at once. → (rows that joined, their logits [n, V])."""
+        for request in {r for r, _ in prompts if r.cancelled or _expired(r)}:
+            self._drop_prompts(state, prompts, request)
         chunk = state.chunked and decoding >= len(prompts)
         budget = self.limits.prefill_chunk if chunk else None
         joined, first = [], []
-        for request in {r for r, _ in prompts if r.cancelled or _expired(r)}:
-            self._drop_prompts(state, prompts, request)
-        while prompts and (budget is None or budget > 0):
+        while prompts and (budget is None or budget >= 2):  # a part is never 1 token
             request, sequence = prompts[0]
             if request.cancelled or _expired(request):
                 self._drop_prompts(state, prompts, request)
@@ -223,15 +224,14 @@ class Engine:
         return joined, np.stack(first) if first else np.zeros((0, width), np.float32)
 
     def _drop_prompts(self, state: DecodeState, prompts: collections.deque, request) -> None:
-        """A cancelled (or timed-out) request's prompts leave the queue, a part-cached one too;
-        with no row decoding either, it ends now."""
+        """A cancelled (or timed-out) request's prompts leave the queue, a part-cached one too
+        (the request hears of it at the step's `_retire`)."""
         if self._cached and prompts[0][0] is request:
             state.drop_part()
             self._cached = 0
         kept = [pair for pair in prompts if pair[0] is not request]
         prompts.clear()
         prompts.extend(kept)
-        self._retire()
 
     def _advance(self, rows: list[tuple[Request, Sequence]], logits: np.ndarray) -> list[int]:
         """Every row chooses and pushes its next token; new text goes to its caller."""
