@@ -1,8 +1,9 @@
 """Serving benchmark: 1, 4, 16, 64 concurrent streaming clients (httpx, asyncio) against `ortgen
 serve` on the 124M int8 folder (random weights), optionally against llama.cpp's `llama-server` on
 the same GGUF: aggregate tokens/s, p50/p99 time to first token and inter-token latency; a table,
-and JSON beside it. Smoke run: `python -m bench.serving --model DIR --clients 1 4 --new-tokens 8`
-(a small folder may need `--prompt-tokens 16 64`)."""
+and JSON and Markdown beside it. Smoke run:
+`python -m bench.serving --model DIR --clients 1 4 --new-tokens 8` (a small folder may need
+`--prompt-tokens 16 64`)."""
 
 from __future__ import annotations
 

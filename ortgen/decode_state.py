@@ -57,18 +57,24 @@ class DecodeState:
         raise NotImplementedError
 
     # Chunked prefill: a prompt fed in parts gives bit for bit the numbers of a whole prefill.
-    chunked = False  # whether prefill_part exists
+    chunked = False  # whether prefill_part takes parts shorter than the prompt
+
+    @property
+    def cached(self) -> int:
+        """Tokens of the row being added that earlier prefill_part calls fed (0: none)."""
+        return 0
 
     def prefill_part(self, prompt: Sequence[int], end: int) -> np.ndarray | None:
-        """Feed prompt[cached:end] into the row being added, `cached` being what earlier calls
-        fed. When end reaches len(prompt) the row joins the batch: → its last-position logits
-        [V] float32; before that None. A part is never one token of a longer prompt (that
-        runs another kernel path): see `part_end`."""
-        raise NotImplementedError
+        """Feed prompt[cached:end] into the row being added. When end reaches len(prompt) the
+        row joins the batch: → its last-position logits [V] float32; before that None. A part
+        is never one token of a longer prompt (that runs another kernel path): see `part_end`.
+        Without `chunked`, whole prompts only."""
+        if end != len(prompt):
+            raise ValueError(f"{type(self).__name__} takes whole prompts, not part :{end}")
+        return self.prefill([prompt])[0]
 
     def drop_part(self) -> None:
         """Forget the row being added (its request was cancelled)."""
-        raise NotImplementedError
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (ascending indices), in that order: finished rows leave the batch."""
@@ -255,28 +261,22 @@ class SlotCache(DecodeState):
         first, every = self._first_output(hidden), all_logits or hidden
         out = []
         for prompt in prompts:  # alone: a row's numbers never depend on the others
-            row, length = self.rows, len(prompt)
-            self._reserve(row + 1)
-            ids = np.asarray([prompt], dtype=np.int64)  # [1, T]
-            positions = np.arange(length, dtype=np.int64)[None]  # [1, T]
-            seqlens = np.array([length - 1], dtype=np.int32)
-            rows = slice(row, row + 1)
-            result = self._run(ids, positions, rows, seqlens, length, all_logits, first)
-            self._lengths = np.append(self._lengths, np.int32(length))
+            result = self._feed(prompt, 0, len(prompt), all_logits, first)
+            self._lengths = np.append(self._lengths, np.int32(len(prompt)))
             out.append(result[0].astype(np.float32, copy=False) if every else result[0, -1])
         return _stack_left_padded(out) if every else np.stack(out)
 
     chunked = True
 
+    @property
+    def cached(self) -> int:
+        return self._cached
+
     def prefill_part(self, prompt: Sequence[int], end: int) -> np.ndarray | None:
-        start, row = self._cached, self.rows
+        start = self._cached
         if not (start < end <= len(prompt) and (end - start > 1 or len(prompt) == 1)):
             raise ValueError(f"part {start}:{end} of a {len(prompt)}-token prompt")
-        self._reserve(row + 1)
-        ids = np.asarray([prompt[start:end]], dtype=np.int64)  # [1, T]
-        positions = np.arange(start, end, dtype=np.int64)[None]  # [1, T]
-        seqlens = np.array([end - 1], dtype=np.int32)
-        logits = self._run(ids, positions, slice(row, row + 1), seqlens, end, False)
+        logits = self._feed(prompt, start, end)
         if end < len(prompt):
             self._cached = end
             return None
@@ -324,6 +324,16 @@ class SlotCache(DecodeState):
                 prefix = saved[source][k] if source in saved else buffer[source, :, :used]
                 buffer[target, :, :used] = prefix
         self._lengths = self._lengths[np.asarray(rows, dtype=np.int64)]
+
+    def _feed(self, prompt, start: int, end: int, all_logits: bool = False, first=None):
+        """Run prompt[start:end] into slot `rows` (the row being added), positions start… on
+        top of its first `start` cached tokens. → as `_run`."""
+        row = self.rows
+        self._reserve(row + 1)
+        ids = np.asarray([prompt[start:end]], dtype=np.int64)  # [1, T]
+        positions = np.arange(start, end, dtype=np.int64)[None]  # [1, T]
+        seqlens = np.array([end - 1], dtype=np.int32)
+        return self._run(ids, positions, slice(row, row + 1), seqlens, end, all_logits, first)
 
     def _run(self, ids, positions, rows: slice, seqlens, total: int, all_logits: bool, first=None):
         """One graph run with the cache buffers bound as past and present. → logits [B, T', V]

@@ -46,7 +46,6 @@ class Engine:
         self._wake = threading.Condition()
         self._closing = False
         self._running: list[Request] = []  # requests being prefilled or decoded (worker's)
-        self._cached = 0  # tokens of the first queued prompt the decode state holds (worker's)
         self._worker: threading.Thread | None = None
         self.aio = AsyncEngine(self)
 
@@ -158,7 +157,6 @@ class Engine:
         """Run batches until idle and closed (→ False). Rows are (request, sequence) pairs in
         decode-state order; `prompts` holds the pairs whose prompts are not cached yet."""
         state = DecodeState.for_model(self.generator.model)
-        self._cached = 0
         rows: list[tuple[Request, Sequence]] = []
         prompts: collections.deque[tuple[Request, Sequence]] = collections.deque()
         logits = np.zeros((0, self.generator.manifest.vocab_size), np.float32)  # [rows, V]
@@ -171,8 +169,9 @@ class Engine:
                 self._running.append(request)  # before the prefill: a failure reaches it
                 prompts.extend((request, s) for s in request.sequences)
             joined, first = self._prefill(state, prompts, decoding=len(rows))
-            logits = np.concatenate([logits, first])
-            rows += joined
+            if joined:
+                logits = np.concatenate([logits, first])
+                rows += joined
             tokens = self._advance(rows, logits)
             going = [r for r, (req, seq) in enumerate(rows) if _alive(req, seq)]
             if len(going) < len(rows):
@@ -193,7 +192,7 @@ class Engine:
         steps and the running streams' inter-token latency stays steady. Otherwise every
         queued prompt at once: the few rows it stalls once lose less than the many prompts
         that chunking would delay step after step (a burst). A cancelled request's prompts
-        leave at once. → (rows that joined, their logits [n, V])."""
+        leave at once. → (rows that joined, their logits [n, V] or None)."""
         for request in {r for r, _ in prompts if r.cancelled or _expired(r)}:
             self._drop_prompts(state, prompts, request)
         chunk = state.chunked and decoding >= len(prompts)
@@ -204,31 +203,25 @@ class Engine:
             if request.cancelled or _expired(request):
                 self._drop_prompts(state, prompts, request)
                 continue
-            if not state.chunked:
-                out = state.prefill([sequence.prompt])[0]  # [V]
-            else:
-                length, cached = len(sequence.prompt), self._cached
-                end = part_end(length, cached, length if budget is None else budget)
-                out = state.prefill_part(sequence.prompt, end)
-                self._cached = 0 if out is not None else end
-                if budget is not None:
-                    budget -= end - cached
-                    self.metrics.prefill_parts.inc()
+            length, cached = len(sequence.prompt), state.cached
+            end = part_end(length, cached, length if budget is None else budget)
+            out = state.prefill_part(sequence.prompt, end)
+            if budget is not None:
+                budget -= end - cached
+                self.metrics.prefill_parts.inc()
             if out is not None:
                 prompts.popleft()
                 joined.append((request, sequence))
                 first.append(out)
-        pending = sum(len(sequence.prompt) for _, sequence in prompts) - self._cached
+        pending = sum(len(sequence.prompt) for _, sequence in prompts) - state.cached
         self.metrics.prefill_tokens.set(pending)
-        width = self.generator.manifest.vocab_size
-        return joined, np.stack(first) if first else np.zeros((0, width), np.float32)
+        return joined, np.stack(first) if first else None
 
     def _drop_prompts(self, state: DecodeState, prompts: collections.deque, request) -> None:
         """A cancelled (or timed-out) request's prompts leave the queue, a part-cached one too
         (the request hears of it at the step's `_retire`)."""
-        if self._cached and prompts[0][0] is request:
+        if state.cached and prompts[0][0] is request:
             state.drop_part()
-            self._cached = 0
         kept = [pair for pair in prompts if pair[0] is not request]
         prompts.clear()
         prompts.extend(kept)

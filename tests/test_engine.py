@@ -135,6 +135,24 @@ def test_sixteen_concurrent_requests_give_the_tokens_each_gives_alone(
         assert got == want, f"request {i} ({requests[i][1]}) changed when batched"
 
 
+def test_portable_graph_takes_whole_prompts_and_gives_the_tokens_each_gives_alone(
+    precision_folders,
+):
+    # model.onnx (a growing cache, no parts): the engine's prompts go in whole
+    generator = Generator.from_dir(precision_folders["gpt2", "fp32"], threads=1, graph="portable")
+    requests = mixed_requests(generator)[:6]
+    alone = [generator.generate_ids(prompt, **options) for prompt, options in requests]
+    engine = Engine(generator, EngineLimits(max_batch=3, prefill_chunk=2))
+    try:
+        handles = [engine.submit(prompt, **options) for prompt, options in requests]
+        together = [h.result().choices[0].ids for h in handles]
+    finally:
+        engine.close()
+    assert rows_seen(engine) >= 2
+    assert not engine.metrics.registry.get_sample_value("ortgen_prefill_parts_total")
+    assert together == alone
+
+
 def test_generator_shared_by_eight_threads_matches_sequential_calls(generators):
     generator = generators["gpt2"]
     prompts = [f"The old fisherman {word}" for word in "abcdefgh"]
