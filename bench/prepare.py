@@ -3,6 +3,7 @@ random-weight checkpoint, ortgen folders, optimum's export, CTranslate2 and GGUF
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,9 +41,23 @@ def export_command(checkpoint: Path, folder: Path, precision: str) -> list[str]:
 
 
 def ortgen_folder(checkpoint: Path, folder: Path, precision: str) -> Path:
-    if not (folder / "ortgen.json").is_file():
+    """Exported again whenever the export code changed since (a stale folder would measure an
+    older ortgen)."""
+    stamp = folder.with_name(folder.name + ".export-code")
+    code = export_code_digest()
+    if not (folder / "ortgen.json").is_file() or not stamp.is_file() or stamp.read_text() != code:
         sh(*export_command(checkpoint, folder, precision))
+        stamp.write_text(code)
     return folder
+
+
+def export_code_digest() -> str:
+    """A digest of the sources an export depends on: the export stage and the native kernels."""
+    digest = hashlib.blake2b(digest_size=16)
+    root = BENCH.parent
+    for path in sorted([*(root / "export").glob("*.py"), *(root / "native").glob("*.[ch]")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def optimum_folder(checkpoint: Path, folder: Path) -> Path:

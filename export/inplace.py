@@ -4,7 +4,8 @@
 present, with per-row lengths (`seqlens_k`) instead of an attention mask. Its weights are not a
 second copy: it is made from the graph just saved, in memory and consumed, whose weights
 `graph.save` left as references to their bytes in `model.onnx` (or `model.onnx.data`), so it
-points at the same bytes (ONNX external data, by byte offset)."""
+points at the same bytes (ONNX external data, by byte offset). int8 folders also get its native
+variant (export/native.py) where ortgen's kernels run, so the export's parity check proves it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from ortgen import kernels
+from ortgen_export import native
 from ortgen_export.builder import MS
 
 FILE = "inplace.onnx"
@@ -31,12 +34,16 @@ def write(folder: Path, model: onnx.ModelProto, model_file: str = "model.onnx") 
     _prune(model.graph)
     _rewrite_inputs(model.graph)
     onnx.save_model(model, str(folder / FILE))
-    return {
+    entry = {
         "file": FILE,
         "seqlens_k": SEQLENS,
         "total_length": TOTAL,
         "weights": fingerprint(folder / model_file),  # the bytes its offsets point into
     }
+    if kernels.library() and native.swap_matmuls(model):  # only where the check can run it
+        onnx.save_model(model, str(folder / native.FILE))
+        entry["native_file"] = native.FILE
+    return entry
 
 
 def fingerprint(path: Path) -> str:

@@ -88,7 +88,7 @@ _LONG_TEXT = (
 
 @dataclass
 class PromptReport:
-    graph: str  # "portable" (model.onnx) or "inplace" (the runtime's KV graph)
+    graph: str  # "portable" (model.onnx), "inplace" (the runtime's KV graph) or "native"
     tokens: int  # prompt length
     prefill_max_abs_diff: float  # over all prompt positions
     step_max_abs_diff: list[float]  # one per cached step along the greedy path
@@ -216,7 +216,12 @@ def check_parity(
 def _graphs(folder: Path) -> list[str]:
     from ortgen.manifest import read_manifest
 
-    return ["portable", "inplace"] if read_manifest(folder).inplace else ["portable"]
+    inplace = read_manifest(folder).inplace
+    return [
+        "portable",
+        *(["inplace"] if inplace else []),
+        *(["native"] if inplace.get("native_file") else []),
+    ]
 
 
 def report_dict(report: ParityReport) -> dict[str, Any]:

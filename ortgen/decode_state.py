@@ -38,7 +38,7 @@ class DecodeState:
 
     @staticmethod
     def for_model(model: Model) -> DecodeState:
-        return SlotCache(model) if model.graph == "inplace" else GrowingCache(model)
+        return SlotCache(model) if model.slots else GrowingCache(model)
 
     @property
     def rows(self) -> int:

@@ -51,9 +51,10 @@ class Generator:
         spin: bool = True,
     ) -> Generator:
         """Load `path` (written by `ortgen export`; default: the bundled model) on `device`
-        ("cpu" or "cuda"). `graph`: "inplace" (the default where the folder has it, on CPU) or
-        "portable" (model.onnx, as other clients run it). `spin=False`: idle ONNX Runtime
-        threads sleep instead of busy-waiting (for machines whose cores are shared)."""
+        ("cpu" or "cuda"). `graph`: "native" or "inplace" (the defaults, in that order, where the
+        folder has them, on CPU; see model.fastest_graph) or "portable" (model.onnx, as other
+        clients run it). `spin=False`: idle ONNX Runtime threads sleep instead of busy-waiting
+        (for machines whose cores are shared)."""
         folder = Path(path) if path is not None else default_model()
         if graph is None and device != "cpu":
             graph = "portable"  # the in-place cache lives in host memory

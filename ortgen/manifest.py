@@ -61,7 +61,8 @@ class Manifest:
     export: dict[str, Any] = field(default_factory=dict)  # graph facts: tied weights, node counts
     parity: dict[str, Any] = field(default_factory=dict)  # parity report against transformers
     # The in-place KV graph beside model.onnx (GroupQueryAttention on preallocated cache buffers
-    # shared by past and present; the same weights): {"file", "seqlens_k", "total_length"}; {} none
+    # shared by past and present; the same weights): {"file", "seqlens_k", "total_length",
+    # "weights", and "native_file" where its int8 variant on ortgen's kernel exists}; {} none
     inplace: dict[str, Any] = field(default_factory=dict)
     min_onnxruntime: str = MIN_ONNXRUNTIME  # oldest onnxruntime that runs these graphs right
     format_version: int = FORMAT_VERSION  # bumped on incompatible changes

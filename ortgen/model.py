@@ -1,5 +1,6 @@
 """A loaded model folder: its manifest and an ONNX Runtime session on one of its graphs — the
-portable `model.onnx` (optimum's interface) or, when the export wrote one, the in-place KV graph."""
+portable `model.onnx` (optimum's interface), the in-place KV graph, or that graph's native variant
+(ortgen's own int8 kernel) when the export wrote them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ortgen import kernels
 from ortgen.errors import ModelFolderError
 from ortgen.manifest import Manifest, read_manifest
 from ortgen.session import create_session
 
-GRAPHS = ("portable", "inplace")  # model.onnx (growing past) / manifest.inplace (shared buffers)
+# model.onnx (growing past) / manifest.inplace's file (shared KV buffers) / its native_file (the
+# same with ortgen's int8 kernel, ortgen.kernels)
+GRAPHS = ("portable", "inplace", "native")
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class Model:
 
     manifest: Manifest  # shapes, names, precision
     session: Any  # onnxruntime.InferenceSession
-    graph: str  # "portable" or "inplace"
+    graph: str  # one of GRAPHS
     folder: Path  # where it was loaded from
 
     @classmethod
@@ -33,29 +37,62 @@ class Model:
         graph: str | None = None,
         spin: bool = True,
     ) -> Model:
-        """The folder's fastest graph (in-place KV when it has one), or the one `graph` names.
-        `spin`: let idle ONNX Runtime threads busy-wait (see session.session_options)."""
+        """The folder's fastest graph that runs here (native, then in-place, then portable), or
+        the one `graph` names. `spin`: let idle ONNX Runtime threads busy-wait (see
+        session.session_options)."""
         folder = Path(folder)
         manifest = read_manifest(folder)
-        if graph is None:
-            graph = "inplace" if manifest.inplace else "portable"
-        if graph not in GRAPHS:
-            raise ModelFolderError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
-        if graph == "inplace" and not manifest.inplace:
-            raise ModelFolderError(f"{folder} has no in-place KV graph: re-export it")
-        name = manifest.inplace["file"] if graph == "inplace" else manifest.model_file
-        if graph == "inplace":
-            _check_weights(folder / manifest.model_file, manifest.inplace.get("weights"))
+        graph = graph or fastest_graph(manifest, device)
+        name, library = _graph_file(folder, manifest, graph, device)
         session = create_session(
-            folder / name, device, threads, manifest.min_onnxruntime, spin=spin
+            folder / name, device, threads, manifest.min_onnxruntime, spin=spin, custom_ops=library
         )
         return cls(manifest, session, graph, folder)
+
+    @property
+    def slots(self) -> bool:
+        """Whether the graph keeps its KV cache in preallocated buffers (in-place and native)."""
+        return self.graph != "portable"
 
     @property
     def pad_id(self) -> int:
         """Filler for left-padded rows; any id works, pads are masked out."""
         eos = self.manifest.eos_token_id
         return eos if eos is not None else 0
+
+
+_FILES = {"inplace": "file", "native": "native_file"}  # manifest.inplace key of each graph's file
+
+
+def _graph_file(folder: Path, manifest: Manifest, graph: str, device: str) -> tuple:
+    """→ (the graph's file in the folder, the custom-op library it needs or None), once the
+    folder is known to hold it and it can run here."""
+    if graph not in GRAPHS:
+        raise ModelFolderError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
+    if graph == "portable":
+        return manifest.model_file, None
+    if not manifest.inplace:
+        raise ModelFolderError(f"{folder} has no in-place KV graph: re-export it")
+    if graph == "native" and not manifest.inplace.get("native_file"):
+        raise ModelFolderError(
+            f"{folder} has no native graph (int8 folders exported where ortgen's kernels run "
+            "have one): re-export it, or use the in-place graph"
+        )
+    library = kernels.library() if graph == "native" else None
+    if graph == "native" and (device != "cpu" or not library):
+        raise ModelFolderError(
+            "the native graph runs on CPU only" if device != "cpu" else kernels.missing()
+        )
+    _check_weights(folder / manifest.model_file, manifest.inplace.get("weights"))
+    return manifest.inplace[_FILES[graph]], library
+
+
+def fastest_graph(manifest: Manifest, device: str) -> str:
+    """The graph Model.load picks by default: native where the folder has it and ortgen's kernels
+    run here (CPU), else in-place where the folder has it, else portable."""
+    if manifest.inplace.get("native_file") and device == "cpu" and kernels.library():
+        return "native"
+    return "inplace" if manifest.inplace else "portable"
 
 
 def weights_fingerprint(path: Path) -> str:

@@ -83,9 +83,11 @@ def create_session(
     threads: int | None = None,
     min_onnxruntime: str = MIN_ONNXRUNTIME,
     spin: bool = True,
+    custom_ops: str | None = None,
 ):
     """An InferenceSession on `device`, verified to really run there (ORT silently falls back);
-    `min_onnxruntime` is the folder's manifest value."""
+    `min_onnxruntime` is the folder's manifest value; `custom_ops`: a custom-op library the
+    graph's nodes need (kernels.library())."""
     ort = import_onnxruntime()
     require_onnxruntime(ort, max(min_onnxruntime, MIN_ONNXRUNTIME, key=_release))
     if device not in DEVICES:
@@ -103,6 +105,8 @@ def create_session(
     if not Path(model_path).is_file():
         raise ModelFolderError(f"{model_path} is missing: re-export the model folder")
     options = session_options(threads, spin)
+    if custom_ops:
+        options.register_custom_ops_library(custom_ops)
     try:
         session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
     except Exception as err:  # ORT raises its own untyped errors for unreadable graphs

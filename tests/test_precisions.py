@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cpu import runs_native_kernels
 from onnx import TensorProto, helper, numpy_helper
 
 from ortgen import Generator
-from ortgen.errors import ExportError, InvalidOptionError, ParityError
+from ortgen.errors import ExportError, InvalidOptionError, ModelFolderError, ParityError
 from ortgen.manifest import read_manifest
 from ortgen_export import ExportOptions, export_model
 from ortgen_export.parity import thresholds_for
@@ -182,13 +183,44 @@ def size(path) -> int:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_in_place_graph_stores_no_weight_twice(arch, precision, quantized, exported):
-    """inplace.onnx points into model.onnx for every weight (graph.save leaves the graph
-    referencing the bytes it wrote): none is embedded a second time."""
+    """inplace.onnx (and int8's native variant) points into model.onnx for every weight
+    (graph.save leaves the graph referencing the bytes it wrote): none is embedded again."""
     folder = exported[arch] if precision == "fp32" else quantized[(arch, precision)]
-    graph = onnx.load(str(folder / "inplace.onnx"), load_external_data=False).graph
-    weights = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    assert len(weights) >= 4 * read_manifest(folder).num_layers
-    assert [t.name for t in graph.initializer if len(t.raw_data) >= 1024] == []
+    inplace = read_manifest(folder).inplace
+    for name in [inplace["file"], *([inplace["native_file"]] if "native_file" in inplace else [])]:
+        graph = onnx.load(str(folder / name), load_external_data=False).graph
+        weights = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert len(weights) >= 4 * read_manifest(folder).num_layers
+        assert [t.name for t in graph.initializer if len(t.raw_data) >= 1024] == []
+
+
+@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
+def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized):
+    """Where ortgen's kernels run, an int8 export writes the in-place graph's native variant
+    (every 8-bit MatMulNBits → ortgen.Q8MatMul), proves it against transformers with the others,
+    and the runtime picks it."""
+    folder = quantized[(arch, "int8")]
+    manifest = read_manifest(folder)
+    native = onnx.load(str(folder / manifest.inplace["native_file"]), load_external_data=False)
+    inplace = onnx.load(str(folder / manifest.inplace["file"]), load_external_data=False)
+    ops = Counter(n.op_type for n in native.graph.node)
+    assert ops["Q8MatMul"] == Counter(n.op_type for n in inplace.graph.node)["MatMulNBits"] > 0
+    assert ops["MatMulNBits"] == 0
+    checked = Counter(p["graph"] for p in manifest.parity["prompts"])
+    assert checked["native"] == checked["inplace"] > 0
+    assert Generator.from_dir(folder).model.graph == "native"
+
+
+def test_native_graph_is_int8_only_and_can_be_switched_off(arch, quantized, exported, monkeypatch):
+    for folder in (exported[arch], quantized[(arch, "int4")]):
+        assert "native_file" not in read_manifest(folder).inplace
+        with pytest.raises(ModelFolderError, match="no native graph"):
+            Generator.from_dir(folder, graph="native")
+    monkeypatch.setenv("ORTGEN_NATIVE", "0")
+    folder = quantized[(arch, "int8")]
+    assert Generator.from_dir(folder).model.graph == "inplace"
+    with pytest.raises(ModelFolderError, match="ORTGEN_NATIVE=0"):
+        Generator.from_dir(folder, graph="native")
 
 
 def test_fusion_is_recorded_and_optional(checkpoints, exported, tmp_path):

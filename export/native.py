@@ -1,0 +1,49 @@
+"""The in-place graph's native variant, `inplace.native.onnx`: the same graph and weights with each
+8-bit `MatMulNBits` of blocks of 64 run by ortgen's own kernel (`ortgen.Q8MatMul`, native/),
+which reads MatMulNBits' bytes as they are. The runtime takes it where the kernel library is built
+and the CPU has AVX-512 VNNI, else the plain in-place graph."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from ortgen.kernels import DOMAIN
+
+FILE = "inplace.native.onnx"
+OP = "Q8MatMul"
+_BLOCK = 64  # the kernel's block: one 512-bit register of codes
+
+
+def swap_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrite `model` in place; → how many MatMulNBits became Q8MatMul (0: nothing written)."""
+    swapped = 0
+    for position, node in enumerate(list(model.graph.node)):
+        if not _runs_natively(node):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bias = node.input[5] if len(node.input) > 5 else ""
+        q8 = helper.make_node(
+            OP,
+            [*node.input[:3], *([bias] if bias else [])],
+            list(node.output),
+            name=f"{node.name}.q8",
+            domain=DOMAIN,
+            K=attrs["K"],
+            N=attrs["N"],
+        )
+        model.graph.node.remove(node)
+        model.graph.node.insert(position, q8)
+        swapped += 1
+    if swapped and DOMAIN not in {o.domain for o in model.opset_import}:
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return swapped
+
+
+def _runs_natively(node: onnx.NodeProto) -> bool:
+    """8 bits, blocks of 64, no zero points or group indices (the export's symmetric int8)."""
+    if node.op_type != "MatMulNBits":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    extras = [name for name in node.input[3:5] if name]
+    return attrs.get("bits") == 8 and attrs.get("block_size") == _BLOCK and not extras

@@ -1,0 +1,33 @@
+/* int8 block GEMM on AVX-512 VNNI for MatMulNBits-layout weights (8 bits, symmetric, zero point
+ * 128, blocks of 64 along K). Activations are quantized per row and block of 64, so every output
+ * row is computed from its own input row only, by the same instruction sequence whatever the
+ * number of rows: results never depend on batch neighbours. */
+#ifndef ORTGEN_Q8GEMM_H
+#define ORTGEN_Q8GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define Q8_BLOCK 64
+
+/* One call's quantized activations: rows of M × KB blocks. */
+typedef struct {
+    int8_t *codes;    /* [M, KB, 64] int8, zero past K */
+    float *scales;    /* [M, KB] */
+    int32_t *offsets; /* [M, KB] −128 × the block's code sum: the weights' zero point's share */
+} q8_rows;
+
+/* bytes of scratch q8_rows needs for M rows of KB blocks */
+size_t q8_rows_bytes(int64_t M, int64_t KB);
+/* lay q8_rows over `scratch` (64-byte aligned, q8_rows_bytes long) */
+q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB);
+/* quantize rows [m0, m1) of A [M, K] */
+void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1, q8_rows rows);
+/* Y[m, n] = Σ_k A[m, k] W[n, k] (+ bias[n]) for columns [n0, n1), every row; W codes [N, KB, 64]
+ * uint8, scales [N, KB]; bias may be NULL. Y is [M, N]. */
+void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Wscales,
+             const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y);
+/* 1 when this CPU has AVX-512 F/BW/VL and VNNI (and the OS saves their state) */
+int q8_supported(void);
+
+#endif
