@@ -134,6 +134,17 @@ static OrtStatus *shape_of(const OrtApi *api, const OrtValue *value, int64_t *di
     return status;
 }
 
+/* A weight input must hold exactly `size` elements: the kernel reads that many. */
+static OrtStatus *check_size(const OrtApi *api, const OrtValue *value, int64_t size,
+                             const char *message) {
+    int64_t dims[8], count = 1;
+    size_t rank = 0;
+    OrtStatus *status = shape_of(api, value, dims, &rank);
+    if (status) return status;
+    for (size_t d = 0; d < rank; d++) count *= dims[d];
+    return count == size ? NULL : fail(api, message);
+}
+
 /* One call's work, in tasks: first row ranges to quantize, then column ranges. */
 typedef struct {
     const float *A, *scales, *bias;
@@ -194,6 +205,10 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     if (status) return status;
     if (rank < 1 || dims[rank - 1] != kernel->K)
         return fail(api, "Q8MatMul: the last dimension of A is not the node's K");
+    status = check_size(api, in[1], kernel->N * kernel->KB * Q8_BLOCK, "B is not N x K/64 x 64");
+    if (!status) status = check_size(api, in[2], kernel->N * kernel->KB, "scales are not N x K/64");
+    if (!status && in[3]) status = check_size(api, in[3], kernel->N, "bias is not N long");
+    if (status) return status;
     int64_t M = 1;
     for (size_t d = 0; d + 1 < rank; d++) M *= dims[d];
     dims[rank - 1] = kernel->N;

@@ -94,8 +94,11 @@ def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n):
     assert np.array_equal(shaped.reshape(6, n)[0], alone[0])
 
 
-def test_a_wrong_input_width_fails_with_a_message():
+def test_wrong_shapes_fail_with_a_message_instead_of_reading_past_the_weights():
     data, scales = pack_rows(np.ones((8, 64), np.float32), 8, 64)
     session = q8_session(data, scales, None, 64)
     with pytest.raises(Exception, match="last dimension of A is not the node's K"):
         session.run(None, {"A": np.ones((1, 32), np.float32)})
+    short = q8_session(data[:4], scales, None, 64)  # N = 4 in the node, 8 rows of scales
+    with pytest.raises(Exception, match="scales are not N x K/64"):
+        short.run(None, {"A": np.ones((1, 64), np.float32)})
