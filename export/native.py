@@ -46,4 +46,7 @@ def _runs_natively(node: onnx.NodeProto) -> bool:
         return False
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     extras = [name for name in node.input[3:5] if name]
-    return attrs.get("bits") == 8 and attrs.get("block_size") == _BLOCK and not extras
+    int8_compute = attrs.get("accuracy_level") == 4  # the kernel's int8 activations
+    return (
+        attrs.get("bits") == 8 and attrs.get("block_size") == _BLOCK and int8_compute and not extras
+    )

