@@ -19,9 +19,9 @@ def swap_matmuls(model: onnx.ModelProto) -> int:
     """Rewrite `model` in place; → how many MatMulNBits became Q8MatMul (0: nothing written)."""
     swapped = 0
     for position, node in enumerate(list(model.graph.node)):
-        if not _runs_natively(node):
-            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not _runs_natively(node, attrs):
+            continue
         bias = node.input[5] if len(node.input) > 5 else ""
         q8 = helper.make_node(
             OP,
@@ -40,11 +40,10 @@ def swap_matmuls(model: onnx.ModelProto) -> int:
     return swapped
 
 
-def _runs_natively(node: onnx.NodeProto) -> bool:
+def _runs_natively(node: onnx.NodeProto, attrs: dict) -> bool:
     """8 bits, blocks of 64, no zero points or group indices (the export's symmetric int8)."""
     if node.op_type != "MatMulNBits":
         return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     extras = [name for name in node.input[3:5] if name]
     int8_compute = attrs.get("accuracy_level") == 4  # the kernel's int8 activations
     return (

@@ -123,7 +123,7 @@ def _export(
         in_place = {}
         if kind == "built" and options.precision != "fp16":
             in_place = inplace.write(staging, model)  # uses up the in-memory graph
-            facts["files"].append(in_place["file"])
+            facts["files"] += [in_place["file"], *filter(None, [in_place.get("native_file")])]
         del model  # the weights now live in the folder only
         _copy_side_files(checkpoint, staging)
         tensors = TensorNames(

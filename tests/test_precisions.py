@@ -208,6 +208,7 @@ def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized
     assert ops["MatMulNBits"] == 0
     checked = Counter(p["graph"] for p in manifest.parity["prompts"])
     assert checked["native"] == checked["inplace"] > 0
+    assert manifest.inplace["native_file"] in manifest.export["files"]
     assert Generator.from_dir(folder).model.graph == "native"
 
 
