@@ -122,13 +122,14 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api,
 
 static void destroy_kernel(void *kernel) { free(kernel); }
 
-/* The dims of a tensor (at most 8) → their count in *rank. */
-static OrtStatus *shape_of(const OrtApi *api, const OrtValue *value, int64_t *dims, size_t *rank) {
+/* The dims of a tensor (at most 8) → their count in *rank; `too_many`: the message beyond 8. */
+static OrtStatus *shape_of(const OrtApi *api, const OrtValue *value, int64_t *dims, size_t *rank,
+                           const char *too_many) {
     OrtTypeShape *info = NULL;
     OrtStatus *status = FN(api, GET_TENSOR_TYPE_AND_SHAPE, GetTypeShape)(value, &info);
     if (status) return status;
     status = FN(api, GET_DIMENSIONS_COUNT, GetDimsCount)(info, rank);
-    if (!status && *rank > 8) status = fail(api, "Q8MatMul: input A has more than 8 dimensions");
+    if (!status && *rank > 8) status = fail(api, too_many);
     if (!status) status = FN(api, GET_DIMENSIONS, GetDims)(info, dims, *rank);
     FN(api, RELEASE_TENSOR_TYPE_AND_SHAPE_INFO, ReleaseTypeShape)(info);
     return status;
@@ -139,7 +140,7 @@ static OrtStatus *check_size(const OrtApi *api, const OrtValue *value, int64_t s
                              const char *message) {
     int64_t dims[8], count = 1;
     size_t rank = 0;
-    OrtStatus *status = shape_of(api, value, dims, &rank);
+    OrtStatus *status = shape_of(api, value, dims, &rank, message);
     if (status) return status;
     for (size_t d = 0; d < rank; d++) count *= dims[d];
     return count == size ? NULL : fail(api, message);
@@ -179,17 +180,35 @@ static OrtStatus *run_tasks(const OrtApi *api, OrtKernelContext *context,
                                                              (size_t)work->tasks, work);
 }
 
-/* Per-thread scratch for the quantized rows; it only grows. */
+/* Per-thread scratch for the quantized rows. Up to KEEP bytes stay for the thread's next call (a
+ * decode step needs a few KiB, a 512-token prompt ~2 MiB); a bigger one is freed after its call,
+ * and what stays is freed when the thread ends. */
+#define KEEP ((size_t)8 << 20)
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static _Thread_local void *scratch;
 static _Thread_local size_t scratch_size;
 
+static void make_scratch_key(void) { pthread_key_create(&scratch_key, free); }
+
 static void *scratch_for(size_t size) {
     if (size > scratch_size) {
+        pthread_once(&scratch_once, make_scratch_key);
         free(scratch);
         scratch = aligned_alloc(64, (size + 63) & ~(size_t)63);
         scratch_size = scratch ? size : 0;
+        pthread_setspecific(scratch_key, scratch); /* the key's destructor frees it at exit */
     }
     return scratch;
+}
+
+static void scratch_done(void) {
+    if (scratch_size > KEEP) {
+        free(scratch);
+        scratch = NULL;
+        scratch_size = 0;
+        pthread_setspecific(scratch_key, NULL);
+    }
 }
 
 static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
@@ -201,13 +220,14 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     for (size_t i = 0; !status && i < count && i < 4; i++)
         status = FN(api, KERNEL_CONTEXT_GET_INPUT, GetInput)(context, i, &in[i]);
     int64_t dims[8];
-    if (!status) status = shape_of(api, in[0], dims, &rank);
+    if (!status)
+        status = shape_of(api, in[0], dims, &rank, "Q8MatMul: A has more than 8 dimensions");
     if (status) return status;
     if (rank < 1 || dims[rank - 1] != kernel->K)
         return fail(api, "Q8MatMul: the last dimension of A is not the node's K");
-    status = check_size(api, in[1], kernel->N * kernel->KB * Q8_BLOCK, "B is not N x K/64 x 64");
-    if (!status) status = check_size(api, in[2], kernel->N * kernel->KB, "scales are not N x K/64");
-    if (!status && in[3]) status = check_size(api, in[3], kernel->N, "bias is not N long");
+    status = check_size(api, in[1], kernel->N * kernel->KB * Q8_BLOCK, "Q8MatMul: B is not N x K/64 x 64");
+    if (!status) status = check_size(api, in[2], kernel->N * kernel->KB, "Q8MatMul: scales are not N x K/64");
+    if (!status && in[3]) status = check_size(api, in[3], kernel->N, "Q8MatMul: bias is not N long");
     if (status) return status;
     int64_t M = 1;
     for (size_t d = 0; d + 1 < rank; d++) M *= dims[d];
@@ -225,10 +245,13 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
                  M >= 64 ? 16 : 1, q8_rows_at(space, M, kernel->KB)};
     status = run_tasks(api, context, quantize_task, &work);
-    if (status) return status;
-    int64_t groups = (kernel->N + 15) / 16;
-    work.tasks = groups < 32 ? 1 : groups < 512 ? 8 : 32;
-    return run_tasks(api, context, gemm_task, &work);
+    if (!status) {
+        int64_t groups = (kernel->N + 15) / 16;
+        work.tasks = groups < 32 ? 1 : groups < 512 ? 8 : 32;
+        status = run_tasks(api, context, gemm_task, &work);
+    }
+    scratch_done();
+    return status;
 }
 
 static const char *op_name(const OrtCustomOp *op) { (void)op; return "Q8MatMul"; }

@@ -6,6 +6,7 @@
 #include "q8gemm.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
 #define INLINE static inline __attribute__((always_inline))
@@ -43,14 +44,17 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             int64_t left = K - b * Q8_BLOCK; /* valid values in this block, ≥ 1 */
             __m512 v[4];
             __m512 top = _mm512_setzero_ps();
+            __mmask16 nan = 0;
             for (int i = 0; i < 4; i++) {
                 int64_t n = left - 16 * i;
                 __mmask16 mask = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
                 v[i] = _mm512_maskz_loadu_ps(mask, x + 16 * i);
                 top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v[i]));
+                nan |= _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q);
             }
-            float amax = _mm512_reduce_max_ps(top);
-            float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            /* max drops NaNs: a NaN input gets a NaN scale instead, so the row's outputs are NaN */
+            float amax = nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
+            float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* false for NaN: codes 0 */
             int64_t at = m * KB + b;
             int8_t *codes = rows.codes + at * Q8_BLOCK;
             for (int i = 0; i < 4; i++) {
@@ -98,20 +102,28 @@ INLINE TARGET void turn(const uint8_t *const *col, int64_t b, int64_t ahead, __m
 
 /* R rows' block b against the turned block w: acc[r] (16 columns) += float(exact int dot of the
  * block) × (a_scale × w_scale). Two integer chains per row hide the dot-product latency. */
+/* 4 activation codes as one dword (memcpy: the codes are int8 objects) */
+INLINE int32_t four_codes(const int8_t *codes) {
+    int32_t v;
+    memcpy(&v, codes, sizeof v);
+    return v;
+}
+
 INLINE TARGET void rows_block(const int R, q8_rows rows, int64_t m, int64_t KB, int64_t b,
                               const __m512i *w, __m512 ws, float *acc) {
     __m512i d[4][2];
-    const int32_t *a[4];
+    const int8_t *a[4];
     for (int r = 0; r < R; r++) {
         int64_t at = (m + r) * KB + b;
-        a[r] = (const int32_t *)(rows.codes + at * Q8_BLOCK);
+        a[r] = rows.codes + at * Q8_BLOCK;
         d[r][0] = _mm512_set1_epi32(rows.offsets[at]);
         d[r][1] = _mm512_setzero_si512();
     }
     for (int j = 0; j < 16; j += 2)
         for (int r = 0; r < R; r++) {
-            d[r][0] = _mm512_dpbusd_epi32(d[r][0], w[j], _mm512_set1_epi32(a[r][j]));
-            d[r][1] = _mm512_dpbusd_epi32(d[r][1], w[j + 1], _mm512_set1_epi32(a[r][j + 1]));
+            d[r][0] = _mm512_dpbusd_epi32(d[r][0], w[j], _mm512_set1_epi32(four_codes(a[r] + 4 * j)));
+            d[r][1] = _mm512_dpbusd_epi32(d[r][1], w[j + 1],
+                                          _mm512_set1_epi32(four_codes(a[r] + 4 * j + 4)));
         }
     for (int r = 0; r < R; r++) {
         int64_t at = (m + r) * KB + b;

@@ -248,6 +248,7 @@ class SlotCache(DecodeState):
         # One [slots, H, max_positions, D] buffer per layer and kind. np.zeros maps pages lazily:
         # memory is spent only where a row has written tokens.
         self._buffers = [self._zeros(0) for _ in self._past]
+        self._bound = None  # (slots, buffers, IO binding) of the last run: see _binding
 
     @property
     def rows(self) -> int:
@@ -338,19 +339,35 @@ class SlotCache(DecodeState):
     def _run(self, ids, positions, rows: slice, seqlens, total: int, all_logits: bool, first=None):
         """One graph run with the cache buffers bound as past and present. → logits [B, T', V]
         (or the `first` output: the hidden states [B, T, D])."""
-        binding = self.model.session.io_binding()
-        binding.bind_output(first or self.manifest.tensors.logits, "cpu")
+        output = first or self.manifest.tensors.logits
+        binding = self._binding(rows, output)
+        binding.bind_output(output, "cpu")  # unallocated again: a fresh array each run
         feeds = self._feeds(ids, positions, all_logits)
         feeds[self._seqlens] = np.ascontiguousarray(seqlens, dtype=np.int32)  # [B] = length - 1
         feeds[self._total] = np.array(total, dtype=np.int32)  # longest row after this run
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
+        self.model.session.run_with_iobinding(binding)
+        # the first output only: get_outputs() wraps all 2L + 1 (where this onnxruntime can)
+        outputs = getattr(binding, "get_outputs_as_ortvaluevector", binding.get_outputs)()
+        return outputs[0].numpy()
+
+    def _binding(self, rows: slice, output: str):
+        """An IO binding with `output` first (get_outputs()[0]) and the cache of slots `rows` bound
+        as past and present (the same memory in and out: appended in place). Kept while the
+        slots, output and buffers stay the same — every decode step of a steady batch — so a step
+        rebinds only its few small inputs."""
+        key = (rows.start, rows.stop, output)
+        if self._bound is not None and self._bound[0] == key and self._bound[1] is self._buffers:
+            return self._bound[2]
+        binding = self.model.session.io_binding()
+        binding.bind_output(output, "cpu")
         for past, present, buffer in zip(self._past, self._present, self._buffers, strict=True):
-            shared = self._ortvalue(buffer[rows])  # same memory in and out: appended in place
+            shared = self._ortvalue(buffer[rows])
             binding.bind_ortvalue_input(past, shared)
             binding.bind_ortvalue_output(present, shared)
-        self.model.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        self._bound = (key, self._buffers, binding)
+        return binding
 
     def _reserve(self, slots: int) -> None:
         """At least `slots` rows of buffer, keeping the cached tokens of existing rows."""

@@ -1,6 +1,7 @@
-"""ortgen's own CPU kernels: an ONNX Runtime custom-op library (native/, compiled at install
-when a C compiler is there) with `ortgen.Q8MatMul`, the int8 block matmul of the in-place graph's
-native variant. Found and checked here; `session` registers it."""
+"""ortgen's own CPU kernels (native/, compiled at install when a C compiler is there): an ONNX
+Runtime custom-op library with `ortgen.Q8MatMul`, the int8 block matmul of the in-place graph's
+native variant (`session` registers it), and the sampling helpers `sampling.py` calls. Found and
+checked here. SWITCH=0 turns all of it off."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import functools
 import importlib.util
 import os
 
+import numpy as np
+
 DOMAIN = "ortgen"  # custom-op domain of the native graph's nodes
 SWITCH = "ORTGEN_NATIVE"  # set to 0: never pick the native graph by default
 
@@ -16,30 +19,94 @@ SWITCH = "ORTGEN_NATIVE"  # set to 0: never pick the native graph by default
 def library() -> str | None:
     """Path of the kernel library when it is built, this CPU runs it (AVX-512 VNNI) and SWITCH
     is not 0; else None."""
-    return None if os.environ.get(SWITCH, "1") == "0" else _built()
+    return None if os.environ.get(SWITCH, "1") == "0" else _probe()[0]
 
 
 def missing() -> str:
     """Why library() is None, as one line that says what to do."""
     if os.environ.get(SWITCH, "1") == "0":
         return (
-            f"ortgen's native kernels are switched off ({SWITCH}=0): unset it, or use graph inplace"
+            f"ortgen's native kernels are switched off ({SWITCH}=0): unset it, or pass graph='inplace'"
         )
-    if importlib.util.find_spec("ortgen._kernels") is None:
-        return (
-            "ortgen's native kernels are not built (no C compiler at install): install gcc and "
-            "reinstall ortgen, or use graph inplace"
-        )
-    return "this CPU lacks AVX-512 VNNI, which ortgen's native kernels need: use graph inplace"
+    return _probe()[1]
 
 
 @functools.cache
-def _built() -> str | None:
+def _probe() -> tuple[str | None, str]:
+    """(the library's path, "") where it loads and this CPU runs it; else (None, why not)."""
+    spec = importlib.util.find_spec("ortgen._kernels")
+    if spec is None or not spec.origin:
+        return None, (
+            "ortgen's native kernels are not built (no C compiler at install): install gcc and "
+            "reinstall ortgen, or pass graph='inplace'"
+        )
+    try:
+        supported = ctypes.CDLL(spec.origin).ortgen_kernels_supported()
+    except (OSError, AttributeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None, (
+            f"ortgen's native kernel library {spec.origin} does not load ({reason}): reinstall "
+            "ortgen, or pass graph='inplace'"
+        )
+    if supported != 1:
+        return None, (
+            "this CPU lacks AVX-512 VNNI, which ortgen's native kernels need: use graph inplace"
+        )
+    return spec.origin, ""
+
+
+class Sampling:
+    """The library's sampling helpers (native/nucleus.c): the same ids as sampling.py's numpy
+    code, bit for bit, faster. Portable C: any CPU runs them."""
+
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path)
+        f32, i64, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
+        self._nucleus = lib.ortgen_nucleus
+        self._nucleus.argtypes, self._nucleus.restype = [ptr, i64, f32, ptr], i64
+        self._last = lib.ortgen_cumsum_last
+        self._last.argtypes, self._last.restype = [ptr, i64], f32
+        self._search = lib.ortgen_cdf_search
+        self._search.argtypes, self._search.restype = [ptr, i64, f32], i64
+        self._kth = lib.ortgen_kth_largest
+        self._kth.argtypes, self._kth.restype = [ptr, i64, i64], f32
+
+    def nucleus(self, probs: np.ndarray, top_p: np.float32) -> np.ndarray:
+        """sampling._nucleus_numpy(probs, top_p): kept positions, ascending. probs: [n] float32."""
+        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        out = np.empty(len(probs), np.int64)
+        count = self._nucleus(probs.ctypes.data, len(probs), top_p, out.ctypes.data)
+        if count < 0:
+            raise MemoryError("ortgen's top-p selection is out of memory")
+        return out[:count]
+
+    def kth_largest(self, scores: np.ndarray, k: int) -> float:
+        """The k-th largest of scores ([n] float32, contiguous, no NaN), 1 ≤ k ≤ n."""
+        if not 1 <= k <= len(scores):
+            raise ValueError(f"k = {k} for {len(scores)} scores")
+        return float(self._kth(scores.ctypes.data, len(scores), k))
+
+    def cdf_last(self, probs: np.ndarray) -> np.float32:
+        """numpy.cumsum(probs)[-1]. probs: [n] float32, contiguous."""
+        return np.float32(self._last(probs.ctypes.data, len(probs)))
+
+    def cdf_search(self, probs: np.ndarray, u: np.float32) -> int:
+        """numpy.searchsorted(numpy.cumsum(probs), u, side="right")."""
+        return int(self._search(probs.ctypes.data, len(probs), u))
+
+
+def sampling() -> Sampling | None:
+    """The sampling helpers where the library is built and SWITCH is not 0 (any CPU); else None
+    (sampling.py then runs its numpy code: the same ids, slower)."""
+    return None if os.environ.get(SWITCH, "1") == "0" else _sampling()
+
+
+@functools.cache
+def _sampling() -> Sampling | None:
     spec = importlib.util.find_spec("ortgen._kernels")
     if spec is None or not spec.origin:
         return None
     try:
-        supported = ctypes.CDLL(spec.origin).ortgen_kernels_supported()
+        return Sampling(spec.origin)
     except (OSError, AttributeError):
         return None
-    return spec.origin if supported == 1 else None

@@ -72,16 +72,21 @@ def _graph_file(folder: Path, manifest: Manifest, graph: str, device: str) -> tu
     if graph == "portable":
         return manifest.model_file, None
     if not manifest.inplace:
-        raise ModelFolderError(f"{folder} has no in-place KV graph: re-export it")
+        raise ModelFolderError(
+            f"{folder} has no in-place KV graph (an older ortgen exported it): "
+            'export it again with `ortgen export`, or pass graph="portable"'
+        )
     if graph == "native" and not manifest.inplace.get("native_file"):
         raise ModelFolderError(
             f"{folder} has no native graph (int8 folders exported where ortgen's kernels run "
-            "have one): re-export it, or use the in-place graph"
+            'have one): export it again on such a machine, or pass graph="inplace"'
         )
     library = kernels.library() if graph == "native" else None
     if graph == "native" and (device != "cpu" or not library):
         raise ModelFolderError(
-            "the native graph runs on CPU only" if device != "cpu" else kernels.missing()
+            'the native graph runs on CPU only: pass device="cpu", or graph="portable"'
+            if device != "cpu"
+            else kernels.missing()
         )
     _check_weights(folder / manifest.model_file, manifest.inplace.get("weights"))
     return manifest.inplace[_FILES[graph]], library

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ortgen import kernels
+
 _SLACK = 1.0  # nats added to the top-p cut-off bound, so float rounding can never bite
 
 
@@ -76,8 +78,12 @@ def sample_row(
 ) -> int:
     """One id from one row's logits ([V]); the same id `sample(logits_to_probs(…))` draws."""
     ids, probs = support(logits, temperature, top_k, top_p)  # ids ascending
-    cdf = np.cumsum(probs)
-    pick = np.searchsorted(cdf, rng.random() * cdf[-1], side="right")
+    native = kernels.sampling()
+    if native is None:
+        cdf = np.cumsum(probs)
+        pick = np.searchsorted(cdf, rng.random() * cdf[-1], side="right")
+    else:  # the same float32 running sums, without the array
+        pick = native.cdf_search(probs, rng.random() * native.cdf_last(probs))
     return int(ids[min(pick, len(ids) - 1)])
 
 
@@ -86,7 +92,7 @@ def support(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ids the warped distribution keeps (ascending) and their probabilities, equal to the
     non-zero entries of `logits_to_probs` for this row. logits: [V]."""
-    scores = logits.astype(np.float32) / np.float32(temperature)  # [V]
+    scores = np.asarray(logits, np.float32) / np.float32(temperature)  # [V]
     vocab = scores.shape[0]
     top = scores.max()
     if top_k and top_k < vocab:
@@ -108,17 +114,30 @@ def support(
 def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     """Positions (ascending) `apply_top_p` keeps, without its stable argsort: sorted values give
     the same running mass whatever the order among equal values, so the kept count k and the
-    k-th value v decide; of the ids equal to v, a stable sort keeps the lowest first."""
+    k-th value v decide; of the ids equal to v, a stable sort keeps the lowest first. The native
+    helper computes the same positions (radix sort, same float32 sums) where it is built."""
+    native = kernels.sampling()
+    if native is not None and probs.dtype == np.float32:
+        return native.nucleus(probs, np.float32(top_p))
+    return _nucleus_numpy(probs, np.float32(top_p))
+
+
+def _nucleus_numpy(probs: np.ndarray, top_p: np.float32) -> np.ndarray:
     ranked = np.sort(probs)[::-1]  # most likely first
     kept = int(np.count_nonzero(np.cumsum(ranked) - ranked < top_p))
     last = ranked[kept - 1]
-    above = np.flatnonzero(probs > last)
-    ties = np.flatnonzero(probs == last)[: kept - len(above)]
-    return np.sort(np.concatenate([above, ties]))
+    keep = probs > last
+    ties = np.flatnonzero(probs == last)[: kept - np.count_nonzero(keep)]
+    keep[ties] = True
+    return np.flatnonzero(keep)
 
 
 def _kth_largest(scores: np.ndarray, k: int, top: float) -> float:
-    """The k-th largest score, partitioning only a threshold set known to hold the top k."""
+    """The k-th largest score, partitioning only a threshold set known to hold the top k (the
+    native helper selects it by radix where it is built: the same value)."""
+    native = kernels.sampling()
+    if native is not None and scores.dtype == np.float32 and scores.flags.c_contiguous:
+        return native.kth_largest(scores, k)
     for gap in (4.0, 16.0):
         near = scores[scores >= top - gap]
         if len(near) >= k:  # the k largest all lie in `near`
@@ -133,7 +152,10 @@ def _nucleus_candidates(scores, weights, total: float, top: float, top_p: float)
     if top_p < 1.0:
         cut = top - (math.log(len(scores) / (1.0 - top_p)) + _SLACK)
         ids = np.flatnonzero(scores >= cut)
-        if weights[ids].sum() / total >= top_p:
-            return ids, weights[ids]
+        if len(ids) == len(scores):  # a flat distribution: every id is a candidate
+            return ids, weights
+        candidates = weights[ids]
+        if candidates.sum() / total >= top_p:
+            return ids, candidates
     ids = np.flatnonzero(weights > 0)
     return ids, weights[ids]

@@ -105,9 +105,9 @@ def create_session(
     if not Path(model_path).is_file():
         raise ModelFolderError(f"{model_path} is missing: re-export the model folder")
     options = session_options(threads, spin)
-    if custom_ops:
-        options.register_custom_ops_library(custom_ops)
     try:
+        if custom_ops:
+            options.register_custom_ops_library(custom_ops)
         session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
     except Exception as err:  # ORT raises its own untyped errors for unreadable graphs
         raise ModelFolderError(

@@ -62,13 +62,16 @@ def rounding_bound(a: np.ndarray, rows: np.ndarray, scales: np.ndarray) -> np.nd
     return step @ weight.T / 2 + 1e-4  # [M, N]
 
 
-@pytest.mark.parametrize("k, n", [(64, 37), (200, 100), (768, 130)])
-def test_q8matmul_computes_the_packed_weights(k, n):
+# K = 100 and 320: 2 and 5 blocks, so the few-rows path's last group of 4 blocks is partial;
+# N = 600: 38 column groups, split over the threads
+@pytest.mark.parametrize("k, n", [(64, 37), (100, 20), (200, 100), (320, 50), (768, 600)])
+@pytest.mark.parametrize("m", [1, 2, 3, 9])  # 1–3 rows: one column at a time; 9: 16-column groups
+def test_q8matmul_computes_the_packed_weights(k, n, m):
     rng = np.random.default_rng(k)
     data, scales = pack_rows(rng.normal(size=(n, k)).astype(np.float32), 8, 64)
     restored = ((data.astype(np.float32) - 128) * scales[..., None]).reshape(n, -1)[:, :k]
     bias = rng.normal(size=n).astype(np.float32)
-    a = rng.normal(size=(9, k)).astype(np.float32)
+    a = rng.normal(size=(m, k)).astype(np.float32)
     plain = q8_session(data, scales, None, k).run(None, {"A": a})[0]
     exact = a.astype(np.float64) @ restored.T.astype(np.float64)
     assert (np.abs(plain - exact) <= rounding_bound(a, restored, scales)).all()
@@ -77,7 +80,20 @@ def test_q8matmul_computes_the_packed_weights(k, n):
     assert np.array_equal(with_bias, plain + bias)
 
 
-@pytest.mark.parametrize("k, n", [(200, 37), (768, 300)])
+@pytest.mark.parametrize("m", [1, 5])
+def test_a_nan_input_gives_nan_outputs_in_its_row_only(m):
+    """A NaN must not vanish in the activations' int8 rounding (max() drops NaNs)."""
+    rng = np.random.default_rng(3)
+    data, scales = pack_rows(rng.normal(size=(40, 130)).astype(np.float32), 8, 64)
+    session = q8_session(data, scales, None, 130)
+    a = rng.normal(size=(m, 130)).astype(np.float32)
+    a[0, 70] = np.nan
+    y = session.run(None, {"A": a})[0]
+    assert np.isnan(y[0]).all()
+    assert np.isfinite(y[1:]).all()
+
+
+@pytest.mark.parametrize("k, n", [(200, 37), (320, 50), (768, 600)])
 def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n):
     """Few rows (one column at a time) and many (16-column groups, 64-row blocks, split across
     threads) are different paths: every row still comes out bit for bit as it does alone."""
@@ -100,5 +116,22 @@ def test_wrong_shapes_fail_with_a_message_instead_of_reading_past_the_weights():
     with pytest.raises(Exception, match="last dimension of A is not the node's K"):
         session.run(None, {"A": np.ones((1, 32), np.float32)})
     short = q8_session(data[:4], scales, None, 64)  # N = 4 in the node, 8 rows of scales
-    with pytest.raises(Exception, match="scales are not N x K/64"):
+    with pytest.raises(Exception, match="Q8MatMul: scales are not N x K/64"):
         short.run(None, {"A": np.ones((1, 64), np.float32)})
+
+
+def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path):
+    """Not as a CPU without VNNI: the message names the file and says to reinstall."""
+    broken = tmp_path / "_kernels.so"
+    broken.write_bytes(b"not a shared library")
+    spec = type("Spec", (), {"origin": str(broken)})()
+    monkeypatch.setattr(kernels.importlib.util, "find_spec", lambda name: spec)
+    kernels._probe.cache_clear()
+    try:
+        assert kernels.library() is None
+        assert "does not load" in kernels.missing() and str(broken) in kernels.missing()
+        assert "\n" not in kernels.missing()
+    finally:
+        monkeypatch.undo()
+        kernels._probe.cache_clear()
+    assert kernels.library() is not None

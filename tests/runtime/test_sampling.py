@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ortgen import kernels, sampling
 from ortgen.sampling import (
     apply_top_p,
     greedy,
@@ -106,10 +107,15 @@ def test_softmax_rows_sum_to_one_with_masked_entries():
     [(1.0, 50, 1.0), (0.8, 0, 0.9), (0.7, 40, 0.95), (1.3, 0, 0.5), (1.0, 1, 1.0), (2.0, 0, 1.0)],
 )
 @pytest.mark.parametrize("shape", ["flat", "peaked", "ties"])
-def test_fast_path_keeps_the_reference_support_and_draws(temperature, top_k, top_p, shape):
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "numpy"])
+def test_fast_path_keeps_the_reference_support_and_draws(
+    temperature, top_k, top_p, shape, native, monkeypatch
+):
     """`sample_row` (the loop's path: thresholds, partial sorts) keeps exactly the ids and
     probabilities the whole-vocabulary reference keeps, and draws what it draws from one RNG
-    state — on flat (random-weight) and peaked (trained) logits, and with tied values."""
+    state — on flat (random-weight) and peaked (trained) logits, and with tied values; with the
+    native helpers and with their numpy fallback."""
+    monkeypatch.setenv(kernels.SWITCH, native)
     rng = np.random.default_rng(7)
     for _ in range(20):
         logits = rng.standard_normal(5000).astype(np.float32)
@@ -124,3 +130,41 @@ def test_fast_path_keeps_the_reference_support_and_draws(temperature, top_k, top
         fast = sample_row(logits, np.random.default_rng(seed), temperature, top_k, top_p)
         full = sample(reference[None], np.random.default_rng(seed))[0]
         assert fast == full
+
+
+def adversarial_rows(rng: np.random.Generator):
+    """Rows the selection code must not get wrong: ties (also at the cut), zeros, −0, −inf, one
+    huge value, values across 40 decades, tiny and single-element rows."""
+    yield np.round(rng.standard_normal(3000), 1)
+    yield np.zeros(100)
+    yield np.array([0.0, -0.0, 1.0, -1.0, -0.0, 0.0] * 50)
+    yield np.where(rng.random(2000) < 0.5, -np.inf, rng.standard_normal(2000))
+    yield np.concatenate([[1e30], rng.random(500)])
+    yield rng.standard_normal(4000) * 10.0 ** rng.uniform(-20, 20, 4000)
+    yield rng.random(3)
+    yield np.array([0.25])
+    for _ in range(40):
+        yield rng.standard_normal(int(rng.integers(1, 6000))) * rng.uniform(0.01, 30)
+
+
+def test_native_helpers_compute_what_the_numpy_code_computes():
+    """The C helpers (radix sort and selection, sequential float32 sums) give the numpy code's
+    results bit for bit: the same kept positions, k-th largest value, CDF total and draw."""
+    helpers = kernels.sampling()
+    assert helpers is not None, "ortgen's native library is not built: install a C compiler"
+    rng = np.random.default_rng(11)
+    for row in adversarial_rows(rng):
+        scores = row.astype(np.float32)
+        for k in {1, min(2, len(scores)), len(scores) // 3 + 1, len(scores)}:
+            want = np.partition(scores, len(scores) - k)[len(scores) - k]
+            assert helpers.kth_largest(scores, k) == want
+        finite = np.nan_to_num(scores, neginf=-50.0, posinf=50.0)
+        probs = np.exp(np.minimum(finite - finite.max(), 0)).astype(np.float32)
+        probs /= probs.sum()
+        for top_p in (1e-6, 0.3, 0.9, 0.999, 1.0):
+            want = sampling._nucleus_numpy(probs, np.float32(top_p))
+            assert np.array_equal(helpers.nucleus(probs, np.float32(top_p)), want)
+        cdf = np.cumsum(probs)
+        assert helpers.cdf_last(probs) == cdf[-1]
+        for u in (np.float32(0), cdf[0], cdf[-1] * np.float32(rng.random()), cdf[-1]):
+            assert helpers.cdf_search(probs, u) == np.searchsorted(cdf, u, side="right")
