@@ -25,7 +25,7 @@ def library() -> str | None:
 def missing() -> str:
     """Why library() is None, as one line that says what to do."""
     if os.environ.get(SWITCH, "1") == "0":
-        return f"ortgen's native code is switched off ({SWITCH}=0): unset it, or pass graph='inplace'"
+        return f"ortgen's native code is off ({SWITCH}=0): unset it, or pass graph='inplace'"
     return _probe()[1]
 
 
