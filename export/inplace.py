@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ortgen import kernels
 from ortgen_export import native
@@ -76,6 +76,9 @@ def _windows_by_bias(graph) -> dict[str, int | None]:
 def _swap_attention(graph, node, window: int | None) -> None:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     q, k, v, past_key, past_value = (node.input[i] for i in (0, 1, 2, 6, 7))
+    packed = _packed_qkv(graph, q, k, v)
+    if packed:  # the Split is left unused (pruned): GroupQueryAttention splits it itself
+        q, k, v = packed, "", ""
     gqa = helper.make_node(
         "GroupQueryAttention",
         [q, k, v, past_key, past_value, SEQLENS, TOTAL],
@@ -95,15 +98,36 @@ def _swap_attention(graph, node, window: int | None) -> None:
     graph.node.insert(position, gqa)
 
 
+def _packed_qkv(graph, q: str, k: str, v: str) -> str | None:
+    """The tensor q, k and v were split from, when they are its three equal parts along the last
+    axis, in that order (GroupQueryAttention's packed QKV input); else None."""
+    split = next((n for n in graph.node if list(n.output) == [q, k, v]), None)
+    if split is None or split.op_type != "Split" or len(split.input) != 2:
+        return None
+    axis = next((helper.get_attribute_value(a) for a in split.attribute if a.name == "axis"), 0)
+    sizes = next((t for t in graph.initializer if t.name == split.input[1]), None)
+    if axis not in (-1, 2) or sizes is None or sizes.data_location == TensorProto.EXTERNAL:
+        return None
+    parts = numpy_helper.to_array(sizes).tolist()
+    used = sum(name in (q, k, v) for n in graph.node for name in n.input)
+    if len(parts) != 3 or len(set(parts)) != 1 or used != 3:
+        return None
+    return split.input[0]
+
+
 def _prune(graph) -> None:
-    """Drop nodes whose outputs nothing uses (the mask-bias subgraph)."""
+    """Drop nodes whose outputs nothing uses (the mask-bias subgraph, packed QKV's Splits), then
+    the constants no node reads (onnxruntime warns about each)."""
     while True:
         used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
         dead = [n for n in graph.node if not any(out in used for out in n.output)]
         if not dead:
-            return
+            break
         for node in dead:
             graph.node.remove(node)
+    unread = [t for t in graph.initializer if t.name not in used]
+    for tensor in unread:
+        graph.initializer.remove(tensor)
 
 
 def _rewrite_inputs(graph) -> None:

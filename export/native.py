@@ -37,7 +37,32 @@ def swap_matmuls(model: onnx.ModelProto) -> int:
         swapped += 1
     if swapped and DOMAIN not in {o.domain for o in model.opset_import}:
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    _fold_biases(model.graph)
     return swapped
+
+
+def _fold_biases(graph: onnx.GraphProto) -> None:
+    """Add(Q8MatMul(x), b) with b a constant [N] → Q8MatMul(x, bias=b): one node less per
+    layer, and the same float sums (the kernel adds the bias last, as Add did)."""
+    constants = {t.name: list(t.dims) for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for add in [n for n in graph.node if n.op_type == "Add" and len(n.input) == 2]:
+        matmul = producers.get(add.input[0])
+        if matmul is None or matmul.op_type != OP or len(matmul.input) != 3:
+            continue
+        n = next(helper.get_attribute_value(a) for a in matmul.attribute if a.name == "N")
+        graph_output = {o.name for o in graph.output}
+        if uses.get(add.input[0]) != 1 or add.input[0] in graph_output:
+            continue
+        if constants.get(add.input[1]) != [n]:
+            continue
+        matmul.input.append(add.input[1])
+        matmul.output[0] = add.output[0]
+        graph.node.remove(add)
 
 
 def _runs_natively(node: onnx.NodeProto, attrs: dict) -> bool:

@@ -192,6 +192,11 @@ def test_in_place_graph_stores_no_weight_twice(arch, precision, quantized, expor
         weights = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
         assert len(weights) >= 4 * read_manifest(folder).num_layers
         assert [t.name for t in graph.initializer if len(t.raw_data) >= 1024] == []
+        read = {i for n in graph.node for i in n.input}
+        assert [t.name for t in graph.initializer if t.name not in read] == []  # no ORT warning
+        made_by = {out: n.op_type for n in graph.node for out in n.output}
+        attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+        assert not [n.name for n in attention if made_by.get(n.input[0]) == "Split"]  # packed
 
 
 @pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
@@ -206,6 +211,9 @@ def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized
     ops = Counter(n.op_type for n in native.graph.node)
     assert ops["Q8MatMul"] == Counter(n.op_type for n in inplace.graph.node)["MatMulNBits"] > 0
     assert ops["MatMulNBits"] == 0
+    made_by = {out: n.op_type for n in native.graph.node for out in n.output}
+    adds = [n for n in native.graph.node if n.op_type == "Add"]
+    assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
     checked = Counter(p["graph"] for p in manifest.parity["prompts"])
     assert checked["native"] == checked["inplace"] > 0
     assert manifest.inplace["native_file"] in manifest.export["files"]
