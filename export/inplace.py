@@ -40,9 +40,10 @@ def write(folder: Path, model: onnx.ModelProto, model_file: str = "model.onnx") 
         "total_length": TOTAL,
         "weights": fingerprint(folder / model_file),  # the bytes its offsets point into
     }
-    if kernels.library() and native.swap_matmuls(model):  # only where the check can run it
+    if kernels.library() and native.swap_kernels(model):  # only where the check can run it
         onnx.save_model(model, str(folder / native.FILE))
         entry["native_file"] = native.FILE
+        entry["native_kv_dtype"] = native.KV_DTYPE
     return entry
 
 

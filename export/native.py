@@ -1,7 +1,9 @@
-"""The in-place graph's native variant, `inplace.native.onnx`: the same graph and weights with each
-8-bit `MatMulNBits` of blocks of 64 run by ortgen's own kernel (`ortgen.Q8MatMul`, native/),
-which reads MatMulNBits' bytes as they are. The runtime takes it where the kernel library is built
-and the CPU has AVX-512 VNNI, else the plain in-place graph."""
+"""The in-place graph's native variant, `inplace.native.onnx`: the same graph and weights run by
+ortgen's own kernels (native/) — each 8-bit `MatMulNBits` of blocks of 64 by `ortgen.Q8MatMul`,
+which reads MatMulNBits' bytes as they are (its bias Add folded in), and each
+`GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16 (KV_DTYPE: half the
+bytes a decode step reads late in a long context). The runtime takes it where the kernel library
+is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
 
 from __future__ import annotations
 
@@ -12,7 +14,44 @@ from ortgen.kernels import DOMAIN
 
 FILE = "inplace.native.onnx"
 OP = "Q8MatMul"
+ATTENTION = "CachedAttention"
+KV_DTYPE = "float16"  # the native graph's cache tensors (manifest inplace.native_kv_dtype)
 _BLOCK = 64  # the kernel's block: one 512-bit register of codes
+
+
+def swap_kernels(model: onnx.ModelProto) -> int:
+    """Rewrite `model` in place; → how many MatMulNBits became Q8MatMul (0: leave it unwritten,
+    attention is then left as it was too)."""
+    swapped = swap_matmuls(model)
+    if swapped:
+        _swap_attention(model.graph)
+    return swapped
+
+
+def _swap_attention(graph: onnx.GraphProto) -> None:
+    """GroupQueryAttention → CachedAttention (same inputs, outputs and attributes), and the cache
+    tensors they read and write (graph inputs and outputs) become float16."""
+    cache = set()
+    for position, node in enumerate(list(graph.node)):
+        if node.op_type != "GroupQueryAttention":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        cached = helper.make_node(
+            ATTENTION,
+            list(node.input),
+            list(node.output),
+            name=f"{node.name}.cached",
+            domain=DOMAIN,
+            num_heads=attrs["num_heads"],
+            scale=float(attrs.get("scale", 0.0)),
+            local_window_size=attrs.get("local_window_size", -1),
+        )
+        graph.node.remove(node)
+        graph.node.insert(position, cached)
+        cache.update([node.input[3], node.input[4], node.output[1], node.output[2]])
+    for value in [*graph.input, *graph.output]:
+        if value.name in cache:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
 
 
 def swap_matmuls(model: onnx.ModelProto) -> int:

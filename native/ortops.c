@@ -8,8 +8,13 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 
+#include <stdatomic.h>
+#include <string.h>
+
+#include "attention.h"
 #include "q8gemm.h"
 
 #define API_VERSION 17 /* the OrtApi this library asks for: ONNX Runtime 1.17 or newer */
@@ -29,7 +34,7 @@ typedef struct {
     const char *(*GetVersionString)(void);
 } OrtApiBase;
 
-enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2 };         /* ONNXTensorElementDataType */
+enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 }; /* element types */
 enum { REQUIRED = 0, OPTIONAL = 1 };             /* OrtCustomOpInputOutputCharacteristic */
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 }; /* OrtErrorCode */
 
@@ -42,6 +47,7 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 }; /* OrtErrorCode */
 #define GET_DIMENSIONS_COUNT 61
 #define GET_DIMENSIONS 62
 #define GET_TENSOR_TYPE_AND_SHAPE 65
+#define KERNEL_INFO_GET_ATTRIBUTE_FLOAT 85
 #define KERNEL_INFO_GET_ATTRIBUTE_INT64 86
 #define KERNEL_CONTEXT_GET_INPUT_COUNT 88
 #define KERNEL_CONTEXT_GET_INPUT 90
@@ -54,6 +60,7 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 }; /* OrtErrorCode */
 
 typedef OrtStatus *(*CreateStatus)(int, const char *);
 typedef OrtStatus *(*GetInt)(const OrtKernelInfo *, const char *, int64_t *);
+typedef OrtStatus *(*GetFloat)(const OrtKernelInfo *, const char *, float *);
 typedef OrtStatus *(*GetCount)(const OrtKernelContext *, size_t *);
 typedef OrtStatus *(*GetInput)(const OrtKernelContext *, size_t, const OrtValue **);
 typedef OrtStatus *(*GetOutput)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
@@ -171,13 +178,13 @@ static void gemm_task(void *data, size_t task) {
 }
 
 static OrtStatus *run_tasks(const OrtApi *api, OrtKernelContext *context,
-                            void (*fn)(void *, size_t), Work *work) {
-    if (work->tasks == 1) {
-        fn(work, 0);
+                            void (*fn)(void *, size_t), int64_t tasks, void *data) {
+    if (tasks == 1) {
+        fn(data, 0);
         return NULL;
     }
-    return FN(api, KERNEL_CONTEXT_PARALLEL_FOR, ParallelFor)(context, fn, (size_t)work->tasks,
-                                                             (size_t)work->tasks, work);
+    return FN(api, KERNEL_CONTEXT_PARALLEL_FOR, ParallelFor)(context, fn, (size_t)tasks,
+                                                             (size_t)tasks, data);
 }
 
 /* Per-thread scratch for the quantized rows. Up to KEEP bytes stay for the thread's next call (a
@@ -244,14 +251,169 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     if (!space) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "Q8MatMul: out of memory");
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
                  M >= 64 ? 16 : 1, q8_rows_at(space, M, kernel->KB)};
-    status = run_tasks(api, context, quantize_task, &work);
+    status = run_tasks(api, context, quantize_task, work.tasks, &work);
     if (!status) {
         int64_t groups = (kernel->N + 15) / 16;
         work.tasks = groups < 32 ? 1 : groups < 512 ? 8 : 32;
-        status = run_tasks(api, context, gemm_task, &work);
+        status = run_tasks(api, context, gemm_task, work.tasks, &work);
     }
     scratch_done();
     return status;
+}
+
+
+/* ---- CachedAttention(query, key?, value?, past_key, past_value, seqlens_k, total_length) ->
+ * (output, present_key, present_value): GroupQueryAttention's interface (kv heads = heads; key
+ * and value omitted: query is packed [q | k | v]) over float16 caches [B, H, L, D] that the
+ * caller binds as both past and present, attention.c's math. Attributes num_heads, scale (0:
+ * 1/sqrt(D)), local_window_size (−1: none; else a query sees that many positions, its own
+ * included). */
+
+typedef struct {
+    const OrtApi *api;
+    int64_t heads, window;
+    float scale;
+} Attention;
+
+static OrtStatus *create_attention(const OrtCustomOp *op, const OrtApi *api,
+                                   const OrtKernelInfo *info, void **out) {
+    (void)op;
+    Attention *kernel = calloc(1, sizeof(Attention));
+    if (!kernel)
+        return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "CachedAttention: out of memory");
+    kernel->api = api;
+    OrtStatus *status =
+        FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "num_heads", &kernel->heads);
+    if (!status)
+        status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "local_window_size",
+                                                                  &kernel->window);
+    if (!status)
+        status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_FLOAT, GetFloat)(info, "scale", &kernel->scale);
+    if (!status && kernel->heads < 1)
+        status = fail(api, "CachedAttention: num_heads must be positive");
+    if (status) {
+        free(kernel);
+        return status;
+    }
+    *out = kernel;
+    return NULL;
+}
+
+typedef struct {
+    attn_args args;
+    int64_t blocks; /* query blocks per (row, head) */
+    atomic_int failed;
+} AttentionWork;
+
+#define QUERY_BLOCK 32 /* new tokens per task: a prompt's queries spread over the threads */
+
+static void store_task(void *data, size_t task) {
+    AttentionWork *w = data;
+    attn_store(&w->args, (int64_t)task / w->args.H, (int64_t)task % w->args.H);
+}
+
+static void query_task(void *data, size_t task) {
+    AttentionWork *w = data;
+    int64_t block = (int64_t)task % w->blocks, pair = (int64_t)task / w->blocks;
+    int64_t t0 = block * QUERY_BLOCK, t1 = t0 + QUERY_BLOCK < w->args.T ? t0 + QUERY_BLOCK : w->args.T;
+    if (attn_queries(&w->args, pair / w->args.H, pair % w->args.H, t0, t1)) w->failed = 1;
+}
+
+/* the tensor's data and dims (at most 8; rank in *rank) */
+static OrtStatus *tensor(const OrtApi *api, const OrtValue *value, void **data, int64_t *dims,
+                         size_t *rank, const char *too_many) {
+    OrtStatus *status = shape_of(api, value, dims, rank, too_many);
+    if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)((OrtValue *)value, data);
+    return status;
+}
+
+static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
+    Attention *kernel = opaque;
+    const OrtApi *api = kernel->api;
+    const OrtValue *in[7] = {0};
+    size_t count = 0;
+    OrtStatus *status = FN(api, KERNEL_CONTEXT_GET_INPUT_COUNT, GetCount)(context, &count);
+    for (size_t i = 0; !status && i < count && i < 7; i++)
+        status = FN(api, KERNEL_CONTEXT_GET_INPUT, GetInput)(context, i, &in[i]);
+    if (status) return status;
+    if (!in[0] || !in[3] || !in[4] || !in[5])
+        return fail(api, "CachedAttention: query, past_key, past_value and seqlens_k are required");
+    if (!in[1] != !in[2]) return fail(api, "CachedAttention: give both key and value, or neither");
+    const char *rank_msg = "CachedAttention: an input has more than 8 dimensions";
+    int64_t qd[8], kd[8], pd[8], sd[8], vd[8];
+    size_t qr, kr, pr, sr, vr;
+    void *q, *k = NULL, *v = NULL, *pk, *pv, *seq;
+    status = tensor(api, in[0], &q, qd, &qr, rank_msg);
+    if (!status && in[1]) status = tensor(api, in[1], &k, kd, &kr, rank_msg);
+    if (!status && in[2]) status = tensor(api, in[2], &v, vd, &vr, rank_msg);
+    if (!status) status = tensor(api, in[3], &pk, pd, &pr, rank_msg);
+    if (!status) status = tensor(api, in[4], &pv, vd, &vr, rank_msg);
+    if (!status) status = tensor(api, in[5], &seq, sd, &sr, rank_msg);
+    if (status) return status;
+    if (qr != 3 || pr != 4 || vr != 4 || sr != 1)
+        return fail(api, "CachedAttention: query must be [B, T, W], caches [B, H, L, D], "
+                         "seqlens_k [B]");
+    int64_t B = qd[0], T = qd[1], H = kernel->heads, L = pd[2], D = pd[3];
+    int64_t width = H * D, packed = !in[1];
+    if (pd[0] != B || pd[1] != H || memcmp(pd, vd, sizeof(int64_t) * 4) || sd[0] != B)
+        return fail(api, "CachedAttention: the caches are not [B, num_heads, L, D] for the query's "
+                         "B, or seqlens_k is not [B]");
+    if (D < 1 || D > ATTN_MAX_HEAD) return fail(api, "CachedAttention: head size above 256");
+    if (qd[2] != (packed ? 3 * width : width) ||
+        (!packed && (kr != 3 || kd[0] != B || kd[1] != T || kd[2] != width)))
+        return fail(api, "CachedAttention: query, key and value widths do not match the heads");
+    const int32_t *last = seq;
+    for (int64_t b = 0; b < B; b++)
+        if (last[b] < T - 1 || last[b] >= L)
+            return fail(api, "CachedAttention: a row's length (seqlens_k + 1) is shorter than its "
+                             "new tokens or longer than the cache");
+    int64_t out_dims[3] = {B, T, width};
+    OrtValue *outputs[3] = {0};
+    status = FN(api, KERNEL_CONTEXT_GET_OUTPUT, GetOutput)(context, 0, out_dims, 3, &outputs[0]);
+    for (int i = 1; !status && i < 3; i++)
+        status = FN(api, KERNEL_CONTEXT_GET_OUTPUT, GetOutput)(context, i, pd, 4, &outputs[i]);
+    void *out = NULL, *kc = NULL, *vc = NULL;
+    if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(outputs[0], &out);
+    if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(outputs[1], &kc);
+    if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(outputs[2], &vc);
+    if (status) return status;
+    size_t cache_bytes = (size_t)(B * H * L * D) * sizeof(uint16_t);
+    if (kc != pk) memcpy(kc, pk, cache_bytes); /* not bound in place: present = past, then append */
+    if (vc != pv) memcpy(vc, pv, cache_bytes);
+    if (B == 0 || T == 0) return NULL;
+    AttentionWork work = {0};
+    attn_args *a = &work.args;
+    a->q = q;
+    a->k = packed ? (const float *)q + width : k;
+    a->v = packed ? (const float *)q + 2 * width : v;
+    a->q_stride = packed ? 3 * width : width;
+    a->kv_stride = packed ? 3 * width : width;
+    a->B = B, a->T = T, a->H = H, a->D = D, a->L = L;
+    a->kc = kc, a->vc = vc, a->last = last, a->out = out;
+    a->scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)D);
+    a->window = kernel->window;
+    work.blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    status = run_tasks(api, context, store_task, B * H, &work);
+    if (!status) status = run_tasks(api, context, query_task, B * H * work.blocks, &work);
+    if (!status && work.failed)
+        status = FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "CachedAttention: out of memory");
+    return status;
+}
+
+static const char *attention_name(const OrtCustomOp *op) { (void)op; return "CachedAttention"; }
+static int attention_input_type(const OrtCustomOp *op, size_t i) {
+    (void)op;
+    return i <= 2 ? TYPE_FLOAT : i <= 4 ? TYPE_FLOAT16 : TYPE_INT32;
+}
+static size_t attention_inputs(const OrtCustomOp *op) { (void)op; return 7; }
+static int attention_output_type(const OrtCustomOp *op, size_t i) {
+    (void)op;
+    return i == 0 ? TYPE_FLOAT : TYPE_FLOAT16;
+}
+static size_t attention_outputs(const OrtCustomOp *op) { (void)op; return 3; }
+static int attention_input_kind(const OrtCustomOp *op, size_t i) {
+    (void)op;
+    return i == 1 || i == 2 || i == 6 ? OPTIONAL : REQUIRED;
 }
 
 static const char *op_name(const OrtCustomOp *op) { (void)op; return "Q8MatMul"; }
@@ -288,7 +450,29 @@ static const OrtCustomOp q8_op = {
     .GetEndVersion = last_version,
 };
 
-EXPORT int ortgen_kernels_supported(void) { return q8_supported(); }
+static const OrtCustomOp attention_op = {
+    .version = 17,
+    .GetName = attention_name,
+    .GetExecutionProviderType = op_provider,
+    .GetInputType = attention_input_type,
+    .GetInputTypeCount = attention_inputs,
+    .GetOutputType = attention_output_type,
+    .GetOutputTypeCount = attention_outputs,
+    .KernelDestroy = destroy_kernel,
+    .GetInputCharacteristic = attention_input_kind,
+    .GetOutputCharacteristic = output_kind,
+    .GetInputMemoryType = memory_type,
+    .GetVariadicInputMinArity = one,
+    .GetVariadicInputHomogeneity = one,
+    .GetVariadicOutputMinArity = one,
+    .GetVariadicOutputHomogeneity = one,
+    .CreateKernelV2 = create_attention,
+    .KernelComputeV2 = compute_attention,
+    .GetStartVersion = one,
+    .GetEndVersion = last_version,
+};
+
+EXPORT int ortgen_kernels_supported(void) { return q8_supported() && attn_supported(); }
 
 static pthread_mutex_t domain_lock = PTHREAD_MUTEX_INITIALIZER;
 static OrtDomain *domain; /* made once; every session that registers the library shares it */
@@ -296,7 +480,7 @@ static OrtDomain *domain; /* made once; every session that registers the library
 EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     const OrtApi *api = base->GetApi(API_VERSION);
     if (!api) return NULL; /* an onnxruntime older than 1.17: the graph's load then fails */
-    if (!q8_supported())
+    if (!q8_supported() || !attn_supported())
         return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "ortgen kernels need AVX-512 VNNI");
     OrtStatus *status = NULL;
     pthread_mutex_lock(&domain_lock);
@@ -304,9 +488,10 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
         OrtDomain *made = NULL;
         status = FN(api, CREATE_CUSTOM_OP_DOMAIN, OrtStatus * (*)(const char *, OrtDomain **))(
             "ortgen", &made);
-        if (!status)
+        for (int i = 0; i < 2 && !status; i++)
             status = FN(api, CUSTOM_OP_DOMAIN_ADD,
-                        OrtStatus * (*)(OrtDomain *, const OrtCustomOp *))(made, &q8_op);
+                        OrtStatus * (*)(OrtDomain *, const OrtCustomOp *))(
+                made, i ? &attention_op : &q8_op);
         if (!status) domain = made; /* a failed one is leaked: rare, and small */
     }
     pthread_mutex_unlock(&domain_lock);

@@ -382,7 +382,7 @@ class SlotCache(DecodeState):
 
     def _zeros(self, slots: int) -> np.ndarray:
         m = self.manifest
-        return _lazy_zeros((slots, m.num_heads, m.max_positions, m.head_dim), m.kv_dtype)
+        return _lazy_zeros((slots, m.num_heads, m.max_positions, m.head_dim), self.model.kv_dtype)
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -50,6 +50,13 @@ class Model:
         return cls(manifest, session, graph, folder)
 
     @property
+    def kv_dtype(self) -> str:
+        """numpy dtype name of this graph's KV cache tensors (the native graph's may be half)."""
+        if self.graph == "native":
+            return self.manifest.inplace.get("native_kv_dtype", self.manifest.kv_dtype)
+        return self.manifest.kv_dtype
+
+    @property
     def slots(self) -> bool:
         """Whether the graph keeps its KV cache in preallocated buffers (in-place and native)."""
         return self.graph != "portable"

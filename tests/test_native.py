@@ -135,3 +135,163 @@ def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path)
         monkeypatch.undo()
         kernels._probe.cache_clear()
     assert kernels.library() is not None
+
+
+# ---- ortgen.CachedAttention: GroupQueryAttention's interface over an in-place float16 cache ----
+
+
+def attention_session(heads: int, packed: bool, window: int = -1, scale: float = 0.0):
+    new = ["qkv", "", ""] if packed else ["q", "k", "v"]
+    node = helper.make_node(
+        "CachedAttention",
+        [*new, "past_key", "past_value", "seqlens_k", "total"],
+        ["out", "present_key", "present_value"],
+        domain=kernels.DOMAIN,
+        num_heads=heads,
+        scale=scale,
+        local_window_size=window,
+    )
+    tensor = helper.make_tensor_value_info
+    inputs = [tensor(n, TensorProto.FLOAT, None) for n in (["qkv"] if packed else ["q", "k", "v"])]
+    inputs += [tensor(n, TensorProto.FLOAT16, None) for n in ("past_key", "past_value")]
+    inputs += [tensor(n, TensorProto.INT32, None) for n in ("seqlens_k", "total")]
+    outputs = [tensor("out", TensorProto.FLOAT, None)]
+    outputs += [tensor(n, TensorProto.FLOAT16, None) for n in ("present_key", "present_value")]
+    model = helper.make_model(
+        helper.make_graph([node], "attention", inputs, outputs),
+        ir_version=10,
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(kernels.DOMAIN, 1)],
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.register_custom_ops_library(kernels.library())
+    return ort.InferenceSession(model.SerializeToString(), options)
+
+
+def attend(session, qkv, caches, last, packed=True, in_place=True):
+    """One run: qkv [B, T, 3HD] appended at positions last − T + 1 … last of each row's cache.
+    → output [B, T, HD]; the caches ([B, H, L, D] float16) hold the new keys and values after."""
+    binding = session.io_binding()
+    binding.bind_output("out", "cpu")
+    if packed:
+        binding.bind_cpu_input("qkv", qkv)
+    else:
+        width = qkv.shape[-1] // 3
+        for i, name in enumerate("qkv"):
+            binding.bind_cpu_input(
+                name, np.ascontiguousarray(qkv[..., i * width : (i + 1) * width])
+            )
+    binding.bind_cpu_input("seqlens_k", np.asarray(last, np.int32))
+    binding.bind_cpu_input("total", np.array(max(last) + 1, np.int32))
+    for name, cache in zip(("key", "value"), caches, strict=True):
+        value = ort.OrtValue.ortvalue_from_numpy(cache)
+        binding.bind_ortvalue_input(f"past_{name}", value)
+        if in_place:
+            binding.bind_ortvalue_output(f"present_{name}", value)
+        else:
+            binding.bind_output(f"present_{name}", "cpu")
+    session.run_with_iobinding(binding)
+    outputs = [o.numpy() for o in binding.get_outputs()]
+    if not in_place:
+        caches[0][...], caches[1][...] = outputs[1], outputs[2]
+    return outputs[0]
+
+
+def attention_reference(qkv, caches, last, window, scale):
+    """float64 attention of every new token over its row's (float16) cache, the causal window
+    ending at its own position."""
+    rows, tokens, width = qkv.shape
+    _, heads, _, size = caches[0].shape
+    out = np.zeros((rows, tokens, width // 3))
+    for b, t, h in np.ndindex(rows, tokens, heads):
+        position = last[b] - tokens + 1 + t
+        lo = max(0, position - window + 1) if window > 0 else 0
+        q = qkv[b, t, h * size : (h + 1) * size].astype(np.float64)
+        keys, values = (c[b, h, lo : position + 1].astype(np.float64) for c in caches)
+        scores = keys @ q * scale
+        weights = np.exp(scores - scores.max())
+        out[b, t, h * size : (h + 1) * size] = weights @ values / weights.sum()
+    return out
+
+
+def random_caches(rng, rows, heads, positions, size, filled):
+    caches = [np.zeros((rows, heads, positions, size), np.float16) for _ in range(2)]
+    for cache in caches:
+        for b in range(rows):
+            cache[b, :, : filled[b]] = rng.normal(size=(heads, filled[b], size))
+    return caches
+
+
+@pytest.mark.parametrize(
+    "heads, size, rows, tokens, window, scale, packed",
+    [
+        (2, 64, 1, 37, -1, 0.0, True),  # a prompt (GPT-2: scale 1/sqrt(D))
+        (3, 64, 3, 1, -1, 0.0, True),  # decode steps of rows of different lengths
+        (2, 24, 2, 1, 5, 1.0, False),  # GPT-Neo: local window, no scaling; a 24-wide head
+        (4, 8, 1, 19, 6, 0.0, True),  # the window inside a prompt, a head narrower than 16
+        (1, 128, 2, 3, -1, 0.3, True),  # a part of a prompt on top of cached tokens
+    ],
+)
+def test_cached_attention_computes_attention_over_its_half_precision_cache(
+    heads, size, rows, tokens, window, scale, packed
+):
+    rng = np.random.default_rng(heads * size + tokens)
+    filled = rng.integers(0, 30, rows)
+    caches = random_caches(rng, rows, heads, 64, size, filled)
+    before = [c.copy() for c in caches]
+    qkv = (rng.normal(size=(rows, tokens, 3 * heads * size)) * 2).astype(np.float32)
+    last = filled + tokens - 1
+    out = attend(attention_session(heads, packed, window, scale), qkv, caches, last, packed)
+    width = heads * size
+    for b in range(rows):
+        new = slice(filled[b], filled[b] + tokens)
+        for kind, cache in enumerate(caches):
+            fresh = qkv[b, :, (kind + 1) * width : (kind + 2) * width].reshape(tokens, heads, size)
+            assert np.array_equal(cache[b, :, new], fresh.transpose(1, 0, 2).astype(np.float16))
+            cache_was = before[kind][b].copy()
+            cache_was[:, new] = cache[b, :, new]
+            assert np.array_equal(cache[b], cache_was)  # nothing else written
+    expected = attention_reference(qkv, caches, last, window, scale or 1 / np.sqrt(size))
+    assert np.abs(out - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_cached_attention_gives_a_token_the_same_bits_however_it_is_run():
+    """A prompt run whole, in parts, or one token at a time, alone or beside other rows of
+    other lengths: every token's output is the same bits (each query is computed alone)."""
+    heads, size, tokens = 3, 64, 41
+    rng = np.random.default_rng(5)
+    session = attention_session(heads, packed=True, window=-1)
+    qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
+    empty = lambda: random_caches(rng, 1, heads, 64, size, [0])  # noqa: E731
+    whole = attend(session, qkv, empty(), [tokens - 1])[0]
+    caches, parts = empty(), []
+    for start, end in [(0, 16), (16, 17), (17, 40), (40, 41)]:
+        parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
+    assert np.array_equal(np.concatenate(parts), whole)
+    other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
+    pair = [np.concatenate([a, b]) for a, b in zip(empty(), empty(), strict=True)]
+    for t in range(tokens):  # row 0 this prompt token by token, row 1 another, 7 tokens ahead
+        rows = np.concatenate([qkv[:, t : t + 1], other[:, t : t + 1]])
+        if t == 0:
+            attend(session, other[:, :7], [c[1:2] for c in pair], [6])  # doesn't touch row 0
+        stepped = attend(session, rows, pair, [t, min(t + 7, 63)])
+        assert np.array_equal(stepped[0, 0], whole[t]), t
+
+
+def test_cached_attention_without_a_shared_buffer_copies_the_past_first():
+    rng = np.random.default_rng(8)
+    session = attention_session(2, packed=True)
+    qkv = rng.normal(size=(2, 1, 3 * 2 * 16)).astype(np.float32)
+    shared = random_caches(rng, 2, 2, 32, 16, [5, 9])
+    separate = [c.copy() for c in shared]
+    expected = attend(session, qkv, shared, [5, 9])
+    assert np.array_equal(attend(session, qkv, separate, [5, 9], in_place=False), expected)
+    assert all(np.array_equal(a, b) for a, b in zip(separate, shared, strict=True))
+
+
+def test_cached_attention_refuses_rows_longer_than_the_cache():
+    session = attention_session(1, packed=True)
+    caches = [np.zeros((1, 1, 8, 16), np.float16) for _ in range(2)]
+    qkv = np.ones((1, 2, 48), np.float32)
+    with pytest.raises(Exception, match="CachedAttention: a row's length"):
+        attend(session, qkv, caches, [8])

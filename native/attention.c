@@ -1,0 +1,164 @@
+/* Causal attention over an in-place float16 KV cache (see attention.h). Built with
+ * -ffp-contract=off: the float sequence below is the one that runs. */
+#include "attention.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#define STACK_SCORES 4096 /* visible positions whose scores fit on the stack */
+
+static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+
+/* e^x for x ≤ 0 (scores minus their maximum): x = n ln 2 + r, |r| ≤ ln 2 / 2, e^r by its Taylor
+ * polynomial of degree 7 (relative error < 2e-7), times 2^n; below −104 the result is 0. */
+INLINE TARGET __m512 exp_nonpositive(__m512 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693145752f), ln2_lo = _mm512_set1_ps(1.42860677e-6f);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+    r = _mm512_fnmadd_ps(n, ln2_lo, r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+INLINE TARGET __m512 load_half(const uint16_t *at, __mmask16 mask) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at));
+}
+
+TARGET void attn_store(const attn_args *a, int64_t b, int64_t h) {
+    int64_t first = a->last[b] - a->T + 1;
+    for (int64_t t = 0; t < a->T; t++) {
+        const float *k = a->k + (b * a->T + t) * a->kv_stride + h * a->D;
+        const float *v = a->v + (b * a->T + t) * a->kv_stride + h * a->D;
+        int64_t at = ((b * a->H + h) * a->L + first + t) * a->D;
+        for (int64_t d = 0; d < a->D; d += 16) {
+            __mmask16 m = lanes(a->D - d);
+            const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            __m256i kh = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, k + d), round);
+            __m256i vh = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, v + d), round);
+            _mm256_mask_storeu_epi16(a->kc + at + d, m, kh);
+            _mm256_mask_storeu_epi16(a->vc + at + d, m, vh);
+        }
+    }
+}
+
+/* Four 16-lane sums → their four totals (lanes 0–3), by one fixed tree. */
+INLINE TARGET __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+                                _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+    /* each 128-bit lane now holds its a, b, c and d partial sums in elements 0..3 */
+    __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+}
+
+/* q · key for C chunks of 16 (the last one masked by `tail`) */
+INLINE TARGET __m512 dot(const int C, const __m512 *q, const uint16_t *key, __mmask16 tail) {
+    __m512 acc = _mm512_mul_ps(q[0], load_half(key, C == 1 ? tail : 0xFFFF));
+    for (int c = 1; c < C; c++)
+        acc = _mm512_fmadd_ps(q[c], load_half(key + 16 * c, c == C - 1 ? tail : 0xFFFF), acc);
+    return acc;
+}
+
+/* One query (C chunks of 16 over the head size D) against positions [lo, hi] of one head's cache
+ * slab. Its float sequence depends only on the query, the cache and [lo, hi]: keys go in fours
+ * from lo, the rest one by one; the same whichever run or batch computes it. */
+INLINE TARGET void one_query(const int C, const attn_args *a, const float *q,
+                             const uint16_t *keys, const uint16_t *values, int64_t lo, int64_t hi,
+                             float *scores, float *out) {
+    const int64_t D = a->D;
+    const __mmask16 tail = lanes(D - 16 * (C - 1));
+    __m512 qv[ATTN_MAX_HEAD / 16];
+    for (int c = 0; c < C; c++) qv[c] = _mm512_maskz_loadu_ps(c == C - 1 ? tail : 0xFFFF, q + 16 * c);
+    const int64_t n = hi - lo + 1;
+    const __m128 scale4 = _mm_set1_ps(a->scale);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const uint16_t *key = keys + (lo + j) * D;
+        __m128 four = sum4(dot(C, qv, key, tail), dot(C, qv, key + D, tail),
+                           dot(C, qv, key + 2 * D, tail), dot(C, qv, key + 3 * D, tail));
+        _mm_storeu_ps(scores + j, _mm_mul_ps(four, scale4));
+    }
+    for (; j < n; j++) scores[j] = _mm512_reduce_add_ps(dot(C, qv, keys + (lo + j) * D, tail)) * a->scale;
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (j = 0; j < n; j += 16) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, lanes(n - j), scores + j));
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 sum = _mm512_setzero_ps();
+    for (j = 0; j < n; j += 16) {
+        __mmask16 m = lanes(n - j);
+        __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), shift));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(scores + j, m, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    __m512 even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16]; /* two chains: half the latency */
+    for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
+    for (j = 0; j + 2 <= n; j += 2) {
+        const uint16_t *value = values + (lo + j) * D;
+        __m512 w0 = _mm512_set1_ps(scores[j]), w1 = _mm512_set1_ps(scores[j + 1]);
+        for (int c = 0; c < C; c++) {
+            __mmask16 m = c == C - 1 ? tail : 0xFFFF;
+            even[c] = _mm512_fmadd_ps(w0, load_half(value + 16 * c, m), even[c]);
+            odd[c] = _mm512_fmadd_ps(w1, load_half(value + D + 16 * c, m), odd[c]);
+        }
+    }
+    if (j < n) {
+        const uint16_t *value = values + (lo + j) * D;
+        __m512 w = _mm512_set1_ps(scores[j]);
+        for (int c = 0; c < C; c++)
+            even[c] = _mm512_fmadd_ps(w, load_half(value + 16 * c, c == C - 1 ? tail : 0xFFFF), even[c]);
+    }
+    for (int c = 0; c < C; c++)
+        _mm512_mask_storeu_ps(out + 16 * c, c == C - 1 ? tail : 0xFFFF,
+                              _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inverse));
+}
+
+/* one_query with its chunk count a compile-time constant, so q and the sums stay in registers */
+static TARGET void query(const attn_args *a, const float *q, const uint16_t *keys,
+                         const uint16_t *values, int64_t lo, int64_t hi, float *scores,
+                         float *out) {
+    switch ((a->D + 15) / 16) {
+#define CASE(C) case C: one_query(C, a, q, keys, values, lo, hi, scores, out); break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+        CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
+#undef CASE
+    }
+}
+
+TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
+    const uint16_t *keys = a->kc + (b * a->H + h) * a->L * a->D;
+    const uint16_t *values = a->vc + (b * a->H + h) * a->L * a->D;
+    int64_t first = a->last[b] - a->T + 1;
+    float stack[STACK_SCORES];
+    float *scores = stack;
+    int64_t most = first + t1 < STACK_SCORES ? 0 : first + t1; /* positions a query may see */
+    if (most && !(scores = malloc((size_t)most * sizeof *scores))) return -1;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t position = first + t;
+        int64_t lo = a->window > 0 && position - a->window + 1 > 0 ? position - a->window + 1 : 0;
+        const float *q = a->q + (b * a->T + t) * a->q_stride + h * a->D;
+        float *out = a->out + (b * a->T + t) * a->H * a->D + h * a->D;
+        query(a, q, keys, values, lo, position, scores, out);
+    }
+    if (most) free(scores);
+    return 0;
+}
+
+int attn_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
