@@ -65,7 +65,8 @@ def test_default_graph_picks_the_golden_tokens_but_at_near_ties(bundled, in_plac
         for name, g in (("default", bundled), ("inplace", in_place))
     }
     np.testing.assert_allclose(logits["default"], logits["inplace"], atol=0.1)
-    for position, (mine, theirs) in enumerate(zip(logits["default"], logits["inplace"])):
+    pairs = zip(logits["default"], logits["inplace"], strict=True)
+    for position, (mine, theirs) in enumerate(pairs):
         pick, golden = int(np.argmax(mine)), GOLDEN[prompt][position]
         assert pick == golden or theirs[golden] - theirs[pick] < NEAR_TIE, position
 
