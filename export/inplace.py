@@ -4,7 +4,7 @@
 present, with per-row lengths (`seqlens_k`) instead of an attention mask. Its weights are not a
 second copy: it is made from the graph just saved, in memory and consumed, whose weights
 `graph.save` left as references to their bytes in `model.onnx` (or `model.onnx.data`), so it
-points at the same bytes (ONNX external data, by byte offset). int8 folders also get its native
+points at the same bytes (ONNX external data, by byte offset). Quantized folders also get its native
 variant (export/native.py) where ortgen's kernels run, so the export's parity check proves it."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The in-place graph's native variant, `inplace.native.onnx`: the same graph and weights run by
-ortgen's own kernels (native/) — each 8-bit `MatMulNBits` of blocks of 64 by `ortgen.Q8MatMul`,
-which reads MatMulNBits' bytes as they are (its bias Add folded in), and each
+"""The in-place graph's native variant, `inplace.native.onnx` (quantized folders): the same graph
+and weights run by ortgen's own kernels (native/) — each 8-bit `MatMulNBits` of blocks of 64 by
+`ortgen.Q8MatMul`, which reads MatMulNBits' bytes as they are (its bias Add folded in), and each
 `GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16 (KV_DTYPE: half the
 bytes a decode step reads late in a long context). The runtime takes it where the kernel library
 is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
@@ -20,21 +20,25 @@ _BLOCK = 64  # the kernel's block: one 512-bit register of codes
 
 
 def swap_kernels(model: onnx.ModelProto) -> int:
-    """Rewrite `model` in place; → how many MatMulNBits became Q8MatMul (0: leave it unwritten,
-    attention is then left as it was too)."""
-    swapped = swap_matmuls(model)
-    if swapped:
-        _swap_attention(model.graph)
+    """Rewrite a quantized `model` in place; → how many nodes ortgen's kernels took over (0: leave
+    it unwritten: fp32 folders keep ONNX Runtime's float32 cache). int4 keeps its MatMulNBits
+    and gains the float16 cache's attention."""
+    if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
+        return 0
+    swapped = swap_matmuls(model) + _swap_attention(model.graph)
+    if swapped and DOMAIN not in {o.domain for o in model.opset_import}:
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return swapped
 
 
-def _swap_attention(graph: onnx.GraphProto) -> None:
+def _swap_attention(graph: onnx.GraphProto) -> int:
     """GroupQueryAttention → CachedAttention (same inputs, outputs and attributes), and the cache
-    tensors they read and write (graph inputs and outputs) become float16."""
-    cache = set()
+    tensors they read and write (graph inputs and outputs) become float16. → how many."""
+    cache, swapped = set(), 0
     for position, node in enumerate(list(graph.node)):
         if node.op_type != "GroupQueryAttention":
             continue
+        swapped += 1
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         cached = helper.make_node(
             ATTENTION,
@@ -52,6 +56,7 @@ def _swap_attention(graph: onnx.GraphProto) -> None:
     for value in [*graph.input, *graph.output]:
         if value.name in cache:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return swapped
 
 
 def swap_matmuls(model: onnx.ModelProto) -> int:
@@ -74,8 +79,6 @@ def swap_matmuls(model: onnx.ModelProto) -> int:
         model.graph.node.remove(node)
         model.graph.node.insert(position, q8)
         swapped += 1
-    if swapped and DOMAIN not in {o.domain for o in model.opset_import}:
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     _fold_biases(model.graph)
     return swapped
 

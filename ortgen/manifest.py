@@ -62,7 +62,7 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)  # parity report against transformers
     # The in-place KV graph beside model.onnx (GroupQueryAttention on preallocated cache buffers
     # shared by past and present; the same weights): {"file", "seqlens_k", "total_length",
-    # "weights", and "native_file" + "native_kv_dtype" where its int8 variant on ortgen's kernels
+    # "weights", and "native_file" + "native_kv_dtype" where its variant on ortgen's kernels
     # exists}; {} none
     inplace: dict[str, Any] = field(default_factory=dict)
     min_onnxruntime: str = MIN_ONNXRUNTIME  # oldest onnxruntime that runs these graphs right

@@ -1,6 +1,6 @@
 """A loaded model folder: its manifest and an ONNX Runtime session on one of its graphs — the
 portable `model.onnx` (optimum's interface), the in-place KV graph, or that graph's native variant
-(ortgen's own int8 kernel) when the export wrote them."""
+(ortgen's own kernels: int8 matmul, attention over a float16 cache) when the export wrote them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ortgen.manifest import Manifest, read_manifest
 from ortgen.session import create_session
 
 # model.onnx (growing past) / manifest.inplace's file (shared KV buffers) / its native_file (the
-# same with ortgen's int8 kernel, ortgen.kernels)
+# same on ortgen's kernels, ortgen.kernels)
 GRAPHS = ("portable", "inplace", "native")
 
 
@@ -85,8 +85,8 @@ def _graph_file(folder: Path, manifest: Manifest, graph: str, device: str) -> tu
         )
     if graph == "native" and not manifest.inplace.get("native_file"):
         raise ModelFolderError(
-            f"{folder} has no native graph (int8 folders exported where ortgen's kernels run "
-            'have one): export it again on such a machine, or pass graph="inplace"'
+            f"{folder} has no native graph (int8 and int4 folders exported where ortgen's kernels "
+            'run have one): export it again on such a machine, or pass graph="inplace"'
         )
     library = kernels.library() if graph == "native" else None
     if graph == "native" and (device != "cpu" or not library):

@@ -211,6 +211,7 @@ def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized
     ops = Counter(n.op_type for n in native.graph.node)
     assert ops["Q8MatMul"] == Counter(n.op_type for n in inplace.graph.node)["MatMulNBits"] > 0
     assert ops["MatMulNBits"] == 0
+    assert ops["CachedAttention"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
     made_by = {out: n.op_type for n in native.graph.node for out in n.output}
     adds = [n for n in native.graph.node if n.op_type == "Add"]
     assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
@@ -220,17 +221,34 @@ def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized
     assert Generator.from_dir(folder).model.graph == "native"
 
 
-def test_native_graph_is_int8_only_and_can_be_switched_off(arch, quantized, exported, monkeypatch):
-    for folder in (exported[arch], quantized[(arch, "int4")]):
-        assert "native_file" not in read_manifest(folder).inplace
-        with pytest.raises(ModelFolderError, match="no native graph"):
-            Generator.from_dir(folder, graph="native")
+@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
+def test_int4_native_graph_keeps_matmulnbits_and_takes_the_half_precision_cache(arch, quantized):
+    folder = quantized[(arch, "int4")]
+    manifest = read_manifest(folder)
+    assert manifest.inplace["native_kv_dtype"] == "float16"
+    native = onnx.load(str(folder / manifest.inplace["native_file"]), load_external_data=False)
+    ops = Counter(n.op_type for n in native.graph.node)
+    assert ops["CachedAttention"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
+    assert ops["Q8MatMul"] == 0 and ops["MatMulNBits"] > 0
+    checked = Counter(p["graph"] for p in manifest.parity["prompts"])
+    assert checked["native"] == checked["inplace"] > 0
+    assert Generator.from_dir(folder).model.graph == "native"
+
+
+def test_native_graph_is_for_quantized_folders_and_can_be_switched_off(
+    arch, quantized, exported, monkeypatch
+):
+    """fp32 folders keep ONNX Runtime's float32 cache: no native graph to load or refuse."""
+    assert "native_file" not in read_manifest(exported[arch]).inplace
+    with pytest.raises(ModelFolderError, match="no native graph"):
+        Generator.from_dir(exported[arch], graph="native")
     monkeypatch.setenv("ORTGEN_NATIVE", "0")
-    folder = quantized[(arch, "int8")]
-    assert Generator.from_dir(folder).model.graph == "inplace"
-    if runs_native_kernels():  # elsewhere the int8 export wrote no native graph to refuse
-        with pytest.raises(ModelFolderError, match="ORTGEN_NATIVE=0"):
-            Generator.from_dir(folder, graph="native")
+    for precision in ("int8", "int4"):
+        folder = quantized[(arch, precision)]
+        assert Generator.from_dir(folder).model.graph == "inplace"
+        if runs_native_kernels():  # elsewhere the export wrote no native graph to refuse
+            with pytest.raises(ModelFolderError, match="ORTGEN_NATIVE=0"):
+                Generator.from_dir(folder, graph="native")
 
 
 def test_fusion_is_recorded_and_optional(checkpoints, exported, tmp_path):
