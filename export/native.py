@@ -38,8 +38,10 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
     for position, node in enumerate(list(graph.node)):
         if node.op_type != "GroupQueryAttention":
             continue
-        swapped += 1
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not _plain_attention(attrs):
+            continue  # a feature CachedAttention lacks: ONNX Runtime's node stays
+        swapped += 1
         cached = helper.make_node(
             ATTENTION,
             list(node.input),
@@ -57,6 +59,17 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
         if value.name in cache:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
     return swapped
+
+
+def _plain_attention(attrs: dict) -> bool:
+    """GroupQueryAttention as ortgen's export writes it: as many KV heads as heads, no rotary
+    embedding, no soft cap (what CachedAttention computes)."""
+    return (
+        attrs.get("kv_num_heads", attrs["num_heads"]) == attrs["num_heads"]
+        and not attrs.get("do_rotary", 0)
+        and not attrs.get("softcap", 0.0)
+        and not attrs.get("smooth_softmax", 0)
+    )
 
 
 def swap_matmuls(model: onnx.ModelProto) -> int:

@@ -13,11 +13,12 @@
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
 
 /* e^x for x ≤ 0 (scores minus their maximum): x = n ln 2 + r, |r| ≤ ln 2 / 2, e^r by its Taylor
- * polynomial of degree 7 (relative error < 2e-7), times 2^n; below −104 the result is 0. */
+ * polynomial of degree 7 (relative error < 2e-7), times 2^n; below −104 the result is 0; NaN
+ * gives NaN (so a NaN score makes the query's output NaN, as it would in exact arithmetic). */
 INLINE TARGET __m512 exp_nonpositive(__m512 x) {
     const __m512 log2e = _mm512_set1_ps(1.44269504f);
     const __m512 ln2_hi = _mm512_set1_ps(0.693145752f), ln2_lo = _mm512_set1_ps(1.42860677e-6f);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x); /* in this order a NaN stays NaN */
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
     __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
     r = _mm512_fnmadd_ps(n, ln2_lo, r);
@@ -138,6 +139,13 @@ static TARGET void query(const attn_args *a, const float *q, const uint16_t *key
     }
 }
 
+/* the positions new token t of row b sees: [*lo, returned] */
+static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
+    int64_t position = a->last[b] - a->T + 1 + t;
+    *lo = a->window > 0 && position - a->window + 1 > 0 ? position - a->window + 1 : 0;
+    return position;
+}
+
 TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
     const uint16_t *keys = a->kc + (b * a->H + h) * a->L * a->D;
     const uint16_t *values = a->vc + (b * a->H + h) * a->L * a->D;
@@ -147,8 +155,7 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
     int64_t most = first + t1 < STACK_SCORES ? 0 : first + t1; /* positions a query may see */
     if (most && !(scores = malloc((size_t)most * sizeof *scores))) return -1;
     for (int64_t t = t0; t < t1; t++) {
-        int64_t position = first + t;
-        int64_t lo = a->window > 0 && position - a->window + 1 > 0 ? position - a->window + 1 : 0;
+        int64_t lo, position = visible(a, b, t, &lo);
         const float *q = a->q + (b * a->T + t) * a->q_stride + h * a->D;
         float *out = a->out + (b * a->T + t) * a->H * a->D + h * a->D;
         query(a, q, keys, values, lo, position, scores, out);

@@ -27,7 +27,7 @@ typedef struct {
 /* convert and store row b, head h's new keys and values at positions last − T + 1 … last */
 void attn_store(const attn_args *a, int64_t b, int64_t h);
 /* row b, head h, new tokens [t0, t1): out = softmax(scale q Kᵀ) V over the visible positions;
- * −1 when out of memory (more than 4096 visible positions need a heap buffer), else 0 */
+ * −1 when out of memory (queries at positions 4096 and beyond score into a heap buffer), else 0 */
 int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1);
 /* 1 when this CPU has AVX-512 F/BW/VL (float16 conversions included) */
 int attn_supported(void);

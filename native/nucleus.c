@@ -1,5 +1,6 @@
 /* Top-p (nucleus) selection and the inverse-CDF draw for ortgen/sampling.py, in the same float32
- * arithmetic as its numpy code, so both give the same ids bit for bit; only faster. numpy has to
+ * arithmetic as its numpy code, so both give the same ids bit for bit (for finite probabilities
+ * and scores); only faster. numpy has to
  * sort the whole candidate set (~1 ms for 50 k ids: at high temperature or with untrained
  * weights nearly every id is a candidate); here a radix sort of the values' bits does it in a
  * fraction of that, and the running sums are the same sequential float32 sums numpy computes.
@@ -110,7 +111,7 @@ EXPORT int64_t ortgen_nucleus(const float *probs, int64_t n, float top_p, int64_
         float before = running - p;
         kept += before < top_p;
     }
-    if (kept < 1) kept = 1; /* numpy would index ranked[−1]; top_p > 0 never gets here */
+    if (kept < 1) kept = 1; /* only NaN masses (NaN logits) get here: garbage either way */
     float last = value_of(keys[n - kept]);
     if (n > KEEP_KEYS) keys_done();
     int64_t above = 0;
@@ -159,17 +160,19 @@ static uint32_t digit_of_kth(const int32_t *count, uint32_t top, int64_t *k) {
     return digit;
 }
 
-/* The k-th largest of x[0..n) (1 ≤ k ≤ n), as numpy.partition(x, n − k)[n − k] finds it: radix
+/* The k-th largest of x[0..n) (1 ≤ k ≤ n), equal to numpy.partition(x, n − k)[n − k] (+0 where
+ * numpy may give −0, which compares equal): radix
  * selection on the values' keys, 11 bits at a time; after the first pass only the keys sharing
- * the k-th's top digit are kept and looked at again. NaN when k is out of range or memory is. */
-EXPORT float ortgen_kth_largest(const float *x, int64_t n, int64_t k) {
-    if (k < 1 || k > n) return __builtin_nanf("");
+ * the k-th's top digit are kept and looked at again. → 0, or −1 when k is out of range or memory
+ * is. */
+EXPORT int ortgen_kth_largest(const float *x, int64_t n, int64_t k, float *out) {
+    if (k < 1 || k > n) return -1;
     int32_t local[2048];
     memset(local, 0, sizeof local);
     for (int64_t i = 0; i < n; i++) local[order_key(x[i]) >> 21]++;
     uint32_t top = digit_of_kth(local, 2047, &k);
     uint32_t *keys = keys_for(n);
-    if (!keys) return __builtin_nanf("");
+    if (!keys) return -1;
     int64_t m = 0;
     for (int64_t i = 0; i < n; i++) { /* branch-free compaction */
         uint32_t key = order_key(x[i]);
@@ -187,7 +190,6 @@ EXPORT float ortgen_kth_largest(const float *x, int64_t n, int64_t k) {
     }
     if (n > KEEP_KEYS) keys_done();
     uint32_t bits = prefix & 0x80000000u ? prefix & 0x7FFFFFFFu : ~prefix;
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
+    memcpy(out, &bits, sizeof *out);
+    return 0;
 }

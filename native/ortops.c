@@ -177,14 +177,18 @@ static void gemm_task(void *data, size_t task) {
         q8_gemm(w->rows, w->M, w->KB, w->W, w->scales, w->bias, w->N, g0 * 16, n1, w->Y);
 }
 
+/* fn(data, 0 … tasks − 1) over ONNX Runtime's threads, in at most `batches` runs of consecutive
+ * tasks (each run is one scheduling: small tasks go many to a run) */
 static OrtStatus *run_tasks(const OrtApi *api, OrtKernelContext *context,
-                            void (*fn)(void *, size_t), int64_t tasks, void *data) {
-    if (tasks == 1) {
-        fn(data, 0);
+                            void (*fn)(void *, size_t), int64_t tasks, int64_t batches,
+                            void *data) {
+    if (tasks == 1 || batches == 1) {
+        for (int64_t task = 0; task < tasks; task++) fn(data, (size_t)task);
         return NULL;
     }
-    return FN(api, KERNEL_CONTEXT_PARALLEL_FOR, ParallelFor)(context, fn, (size_t)tasks,
-                                                             (size_t)tasks, data);
+    size_t runs = (size_t)(batches < tasks ? batches : tasks);
+    return FN(api, KERNEL_CONTEXT_PARALLEL_FOR, ParallelFor)(context, fn, (size_t)tasks, runs,
+                                                             data);
 }
 
 /* Per-thread scratch for the quantized rows. Up to KEEP bytes stay for the thread's next call (a
@@ -251,11 +255,11 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     if (!space) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "Q8MatMul: out of memory");
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
                  M >= 64 ? 16 : 1, q8_rows_at(space, M, kernel->KB)};
-    status = run_tasks(api, context, quantize_task, work.tasks, &work);
+    status = run_tasks(api, context, quantize_task, work.tasks, work.tasks, &work);
     if (!status) {
         int64_t groups = (kernel->N + 15) / 16;
         work.tasks = groups < 32 ? 1 : groups < 512 ? 8 : 32;
-        status = run_tasks(api, context, gemm_task, work.tasks, &work);
+        status = run_tasks(api, context, gemm_task, work.tasks, work.tasks, &work);
     }
     scratch_done();
     return status;
@@ -340,16 +344,18 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
         return fail(api, "CachedAttention: query, past_key, past_value and seqlens_k are required");
     if (!in[1] != !in[2]) return fail(api, "CachedAttention: give both key and value, or neither");
     const char *rank_msg = "CachedAttention: an input has more than 8 dimensions";
-    int64_t qd[8], kd[8], pd[8], sd[8], vd[8];
-    size_t qr, kr, pr, sr, vr;
+    int64_t qd[8], kd[8], nd[8], pd[8], vd[8], sd[8]; /* query, key, value, both caches, lengths */
+    size_t qr, kr = 0, nr = 0, pr, vr, sr;
     void *q, *k = NULL, *v = NULL, *pk, *pv, *seq;
     status = tensor(api, in[0], &q, qd, &qr, rank_msg);
     if (!status && in[1]) status = tensor(api, in[1], &k, kd, &kr, rank_msg);
-    if (!status && in[2]) status = tensor(api, in[2], &v, vd, &vr, rank_msg);
+    if (!status && in[2]) status = tensor(api, in[2], &v, nd, &nr, rank_msg);
     if (!status) status = tensor(api, in[3], &pk, pd, &pr, rank_msg);
     if (!status) status = tensor(api, in[4], &pv, vd, &vr, rank_msg);
     if (!status) status = tensor(api, in[5], &seq, sd, &sr, rank_msg);
     if (status) return status;
+    if (in[1] && (kr != nr || memcmp(kd, nd, sizeof(int64_t) * kr)))
+        return fail(api, "CachedAttention: key and value differ in shape");
     if (qr != 3 || pr != 4 || vr != 4 || sr != 1)
         return fail(api, "CachedAttention: query must be [B, T, W], caches [B, H, L, D], "
                          "seqlens_k [B]");
@@ -358,7 +364,8 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     if (pd[0] != B || pd[1] != H || memcmp(pd, vd, sizeof(int64_t) * 4) || sd[0] != B)
         return fail(api, "CachedAttention: the caches are not [B, num_heads, L, D] for the query's "
                          "B, or seqlens_k is not [B]");
-    if (D < 1 || D > ATTN_MAX_HEAD) return fail(api, "CachedAttention: head size above 256");
+    if (D < 1 || D > ATTN_MAX_HEAD)
+        return fail(api, "CachedAttention: the caches' head size must be 1 to 256");
     if (qd[2] != (packed ? 3 * width : width) ||
         (!packed && (kr != 3 || kd[0] != B || kd[1] != T || kd[2] != width)))
         return fail(api, "CachedAttention: query, key and value widths do not match the heads");
@@ -393,8 +400,10 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     a->scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)D);
     a->window = kernel->window;
     work.blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
-    status = run_tasks(api, context, store_task, B * H, &work);
-    if (!status) status = run_tasks(api, context, query_task, B * H * work.blocks, &work);
+    /* storing is a conversion pass: threads only for a prompt's worth */
+    status = run_tasks(api, context, store_task, B * H, B * T * width < (1 << 16) ? 1 : 8, &work);
+    if (!status) /* a decode step's (row, head) pairs are small: eight runs share them out */
+        status = run_tasks(api, context, query_task, B * H * work.blocks, 8, &work);
     if (!status && work.failed)
         status = FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "CachedAttention: out of memory");
     return status;

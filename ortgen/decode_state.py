@@ -356,7 +356,8 @@ class SlotCache(DecodeState):
         """An IO binding with `output` first (get_outputs()[0]) and the cache of slots `rows` bound
         as past and present (the same memory in and out: appended in place). Kept while the
         slots, output and buffers stay the same — every decode step of a steady batch — so a step
-        rebinds only its few small inputs."""
+        rebinds only its few small inputs. Every run rebinds all of them (the binding borrows
+        their numpy memory, which the previous run's feeds no longer own)."""
         key = (rows.start, rows.stop, output)
         if self._bound is not None and self._bound[0] == key and self._bound[1] is self._buffers:
             return self._bound[2]

@@ -55,7 +55,7 @@ def _probe() -> tuple[str | None, str]:
 
 class Sampling:
     """The library's sampling helpers (native/nucleus.c): the same ids as sampling.py's numpy
-    code, bit for bit, faster. Portable C: any CPU runs them."""
+    code, bit for bit for finite scores, faster. Portable C: any CPU runs them."""
 
     def __init__(self, path: str) -> None:
         lib = ctypes.CDLL(path)
@@ -67,7 +67,7 @@ class Sampling:
         self._search = lib.ortgen_cdf_search
         self._search.argtypes, self._search.restype = [ptr, i64, f32], i64
         self._kth = lib.ortgen_kth_largest
-        self._kth.argtypes, self._kth.restype = [ptr, i64, i64], f32
+        self._kth.argtypes, self._kth.restype = [ptr, i64, i64, ptr], ctypes.c_int
 
     def nucleus(self, probs: np.ndarray, top_p: np.float32) -> np.ndarray:
         """sampling._nucleus_numpy(probs, top_p): kept positions, ascending. probs: [n] float32."""
@@ -82,7 +82,10 @@ class Sampling:
         """The k-th largest of scores ([n] float32, contiguous, no NaN), 1 ≤ k ≤ n."""
         if not 1 <= k <= len(scores):
             raise ValueError(f"k = {k} for {len(scores)} scores")
-        return float(self._kth(scores.ctypes.data, len(scores), k))
+        value = ctypes.c_float()
+        if self._kth(scores.ctypes.data, len(scores), k, ctypes.byref(value)):
+            raise MemoryError("ortgen's top-k selection is out of memory")
+        return value.value
 
     def cdf_last(self, probs: np.ndarray) -> np.float32:
         """numpy.cumsum(probs)[-1]. probs: [n] float32, contiguous."""

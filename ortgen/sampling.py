@@ -64,7 +64,8 @@ def logits_to_probs(
 def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Draw one id per row by inverting the CDF. probs: [B, V] → [B] int64."""
     cdf = np.cumsum(probs, axis=-1)  # [B, V]
-    draws = rng.random(probs.shape[0]) * cdf[:, -1]  # [B], scaled: rounding cannot overshoot
+    # [B], float32 like the sums and scaled by their total: rounding cannot overshoot
+    draws = rng.random(probs.shape[0]).astype(np.float32) * cdf[:, -1]
     ids = [np.searchsorted(row, u, side="right") for row, u in zip(cdf, draws, strict=True)]
     return np.minimum(np.asarray(ids, dtype=np.int64), probs.shape[-1] - 1)
 
@@ -79,11 +80,12 @@ def sample_row(
     """One id from one row's logits ([V]); the same id `sample(logits_to_probs(…))` draws."""
     ids, probs = support(logits, temperature, top_k, top_p)  # ids ascending
     native = kernels.sampling()
+    draw = np.float32(rng.random())  # float32 like the sums, whatever numpy's promotion rules
     if native is None:
         cdf = np.cumsum(probs)
-        pick = np.searchsorted(cdf, rng.random() * cdf[-1], side="right")
+        pick = np.searchsorted(cdf, draw * cdf[-1], side="right")
     else:  # the same float32 running sums, without the array
-        pick = native.cdf_search(probs, rng.random() * native.cdf_last(probs))
+        pick = native.cdf_search(probs, draw * native.cdf_last(probs))
     return int(ids[min(pick, len(ids) - 1)])
 
 

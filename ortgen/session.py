@@ -105,9 +105,15 @@ def create_session(
     if not Path(model_path).is_file():
         raise ModelFolderError(f"{model_path} is missing: re-export the model folder")
     options = session_options(threads, spin)
-    try:
-        if custom_ops:
+    if custom_ops:
+        try:
             options.register_custom_ops_library(custom_ops)
+        except Exception as err:  # ORT raises untyped errors
+            raise ModelFolderError(
+                f"onnxruntime cannot register ortgen's native kernels ({first_line(err)}): "
+                "reinstall ortgen, or set ORTGEN_NATIVE=0"
+            ) from None
+    try:
         session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
     except Exception as err:  # ORT raises its own untyped errors for unreadable graphs
         raise ModelFolderError(

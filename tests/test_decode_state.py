@@ -153,3 +153,18 @@ def test_dropped_part_leaves_no_trace(generators):
     assert all(np.array_equal(a, b) for a, b in zip(rows, want, strict=True))
     with pytest.raises(ValueError):
         state.prefill_part(prompt, 1)  # one token of a longer prompt
+
+
+@pytest.mark.parametrize("graph", ["built", "portable"])
+def test_logits_a_step_returned_survive_the_next_steps(arch, graph, graph_generators):
+    """A decode state reuses its IO binding from step to step: the logits it handed out before
+    must not be overwritten by the runs after."""
+    state = DecodeState.for_model(graph_generators[(arch, graph)].model)
+    first = state.prefill([[5, 17, 42], [7, 7]])
+    kept, copies = [first], [first.copy()]
+    for token in (3, 9, 11):
+        kept.append(state.step(np.array([token, token + 1])))
+        copies.append(kept[-1].copy())
+    assert not np.array_equal(copies[1], copies[2])  # the steps did produce new logits
+    for handed, copy in zip(kept, copies, strict=True):
+        assert np.array_equal(handed, copy)

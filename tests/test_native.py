@@ -255,12 +255,13 @@ def test_cached_attention_computes_attention_over_its_half_precision_cache(
     assert np.abs(out - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
 
 
-def test_cached_attention_gives_a_token_the_same_bits_however_it_is_run():
+@pytest.mark.parametrize("window", [-1, 6])
+def test_cached_attention_gives_a_token_the_same_bits_however_it_is_run(window):
     """A prompt run whole, in parts, or one token at a time, alone or beside other rows of
     other lengths: every token's output is the same bits (each query is computed alone)."""
     heads, size, tokens = 3, 64, 41
     rng = np.random.default_rng(5)
-    session = attention_session(heads, packed=True, window=-1)
+    session = attention_session(heads, packed=True, window=window)
     qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
     empty = lambda: random_caches(rng, 1, heads, 64, size, [0])  # noqa: E731
     whole = attend(session, qkv, empty(), [tokens - 1])[0]
@@ -289,9 +290,37 @@ def test_cached_attention_without_a_shared_buffer_copies_the_past_first():
     assert all(np.array_equal(a, b) for a, b in zip(separate, shared, strict=True))
 
 
-def test_cached_attention_refuses_rows_longer_than_the_cache():
+def test_cached_attention_refuses_rows_longer_than_the_cache_and_mismatched_inputs():
     session = attention_session(1, packed=True)
     caches = [np.zeros((1, 1, 8, 16), np.float16) for _ in range(2)]
     qkv = np.ones((1, 2, 48), np.float32)
     with pytest.raises(Exception, match="CachedAttention: a row's length"):
         attend(session, qkv, caches, [8])
+    unpacked = attention_session(1, packed=False)
+    binding = unpacked.io_binding()
+    binding.bind_output("out", "cpu")
+    for name, value in [("q", qkv[..., :16]), ("k", qkv[..., 16:32]), ("v", qkv[:, :1, 32:])]:
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))  # v: one token, k: two
+    binding.bind_cpu_input("seqlens_k", np.array([3], np.int32))
+    binding.bind_cpu_input("total", np.array(4, np.int32))
+    for name, cache in zip(("key", "value"), caches, strict=True):
+        binding.bind_cpu_input(f"past_{name}", cache)
+        binding.bind_output(f"present_{name}", "cpu")
+    with pytest.raises(Exception, match="CachedAttention: key and value differ in shape"):
+        unpacked.run_with_iobinding(binding)
+
+
+def test_cached_attention_spreads_a_nan_and_reaches_far_positions():
+    """A NaN key makes its head's output NaN (not silently a zero weight); a query beyond 4096
+    positions (scores on the heap) is still exact."""
+    rng = np.random.default_rng(4)
+    session = attention_session(2, packed=True)
+    caches = random_caches(rng, 1, 2, 4200, 16, [4150])
+    caches[0][0, 1, 77, 3] = np.nan
+    qkv = rng.normal(size=(1, 1, 96)).astype(np.float32)
+    out = attend(session, qkv, caches, [4150])[0, 0]
+    assert np.isnan(out[16:]).all() and np.isfinite(out[:16]).all()
+    caches[0][0, 1, 77, 3] = 0
+    out = attend(session, qkv, caches, [4150])
+    expected = attention_reference(qkv, caches, [4150], -1, 0.25)
+    assert np.abs(out - expected).max() < 1e-5
