@@ -79,8 +79,10 @@ def _error_event(err: Exception) -> dict:
 class Service:
     """What the handlers share: the engine once the model has loaded (in the background)."""
 
-    def __init__(self, folder: Path | None, limits: EngineLimits, threads: int | None) -> None:
-        self.folder, self.limits, self.threads = folder, limits, threads
+    def __init__(
+        self, folder: Path | None, limits: EngineLimits, threads: int | None, spin: bool = True
+    ) -> None:
+        self.folder, self.limits, self.threads, self.spin = folder, limits, threads, spin
         self.engine: Engine | None = None
         self.load_error: Exception | None = None
         self.on_load_error = lambda: None  # the server's way to stop when loading fails
@@ -88,7 +90,7 @@ class Service:
 
     def load(self) -> None:
         try:
-            generator = Generator.from_dir(self.folder, threads=self.threads)
+            generator = Generator.from_dir(self.folder, threads=self.threads, spin=self.spin)
             self.engine = Engine(generator, self.limits)
             log.info("model %s loaded: ready", self.model_id)
         except Exception as err:
@@ -294,12 +296,19 @@ def create_app(service: Service) -> Starlette:
     return app
 
 
-def serve(folder: Path | None, host: str, port: int, limits: EngineLimits, threads: int | None):
+def serve(
+    folder: Path | None,
+    host: str,
+    port: int,
+    limits: EngineLimits,
+    threads: int | None,
+    spin: bool = True,
+):
     """Run until SIGTERM / Ctrl-C: then stop accepting, let in-flight requests finish for up to
     DRAIN_SECONDS (cancel the rest), and return normally."""
     import uvicorn
 
-    service = Service(folder, limits, threads)
+    service = Service(folder, limits, threads, spin)
     config = uvicorn.Config(
         create_app(service), host=host, port=port, timeout_graceful_shutdown=DRAIN_SECONDS
     )

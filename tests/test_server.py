@@ -77,7 +77,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(exported):
-    server = Server(exported["gpt2"], "--max-batch", "4", "--max-queue", "32")
+    # --no-spin: ONNX Runtime's idle threads sleep (cores shared with the test process)
+    server = Server(exported["gpt2"], "--max-batch", "4", "--max-queue", "32", "--no-spin")
     yield server
     assert server.stop() == 0
 

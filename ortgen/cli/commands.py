@@ -108,6 +108,14 @@ def serve(
             "keeps their token rate steadier, higher gives new requests their first token sooner."
         ),
     ] = 128,
+    spin: Annotated[
+        bool,
+        typer.Option(
+            "--spin/--no-spin",
+            help="Idle ONNX Runtime threads busy-wait for the next step (lowest latency); "
+            "--no-spin lets them sleep, for cores shared with other processes.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the model over HTTP: OpenAI-style /v1/completions, /generate, /health, /metrics."""
     try:
@@ -119,7 +127,7 @@ def serve(
     from ortgen.engine import EngineLimits
 
     limits = EngineLimits(max_batch, max_queue, timeout, prefill_chunk)
-    run_server(model, host, port, limits, threads)
+    run_server(model, host, port, limits, threads, spin)
 
 
 @app.command()
