@@ -1,6 +1,6 @@
 """The in-place graph's native variant, `inplace.native.onnx` (quantized folders): the same graph
 and weights run by ortgen's own kernels (native/) — each 8-bit `MatMulNBits` of blocks of 64 by
-`ortgen.Q8MatMul`, which reads MatMulNBits' bytes as they are (its bias Add folded in), and each
+`ortgen.Q8MatMul`, which reads MatMulNBits' bytes as they are (its bias Add or FastGelu folded in), and each
 `GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16 (KV_DTYPE: half the
 bytes a decode step reads late in a long context). The runtime takes it where the kernel library
 is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
@@ -118,6 +118,27 @@ def _fold_biases(graph: onnx.GraphProto) -> None:
         matmul.input.append(add.input[1])
         matmul.output[0] = add.output[0]
         graph.node.remove(add)
+    _fold_gelus(graph, constants, uses)
+
+
+def _fold_gelus(graph: onnx.GraphProto, constants: dict, uses: dict) -> None:
+    """FastGelu(Q8MatMul(x), b) with b a constant [N] → Q8MatMul(x, bias=b, activation=1): the
+    kernel adds the bias and applies the same tanh-form GELU (simd_math.h) as its last step."""
+    producers = {out: node for node in graph.node for out in node.output}
+    graph_output = {o.name for o in graph.output}
+    for gelu in [n for n in graph.node if n.op_type == "FastGelu" and len(n.input) == 2]:
+        matmul = producers.get(gelu.input[0])
+        if matmul is None or matmul.op_type != OP or len(matmul.input) != 3:
+            continue
+        n = next(helper.get_attribute_value(a) for a in matmul.attribute if a.name == "N")
+        if uses.get(gelu.input[0]) != 1 or gelu.input[0] in graph_output:
+            continue
+        if constants.get(gelu.input[1]) != [n]:
+            continue
+        matmul.input.append(gelu.input[1])
+        matmul.attribute.append(helper.make_attribute("activation", 1))
+        matmul.output[0] = gelu.output[0]
+        graph.node.remove(gelu)
 
 
 def _runs_natively(node: onnx.NodeProto, attrs: dict) -> bool:

@@ -1,6 +1,7 @@
 /* Causal attention over an in-place float16 KV cache (see attention.h). Built with
  * -ffp-contract=off: the float sequence below is the one that runs. */
 #include "attention.h"
+#include "simd_math.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -11,27 +12,6 @@
 #define STACK_SCORES 4096 /* visible positions whose scores fit on the stack */
 
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
-
-/* e^x for x ≤ 0 (scores minus their maximum): x = n ln 2 + r, |r| ≤ ln 2 / 2, e^r by its Taylor
- * polynomial of degree 7 (relative error < 2e-7), times 2^n; below −104 the result is 0; NaN
- * gives NaN (so a NaN score makes the query's output NaN, as it would in exact arithmetic). */
-INLINE TARGET __m512 exp_nonpositive(__m512 x) {
-    const __m512 log2e = _mm512_set1_ps(1.44269504f);
-    const __m512 ln2_hi = _mm512_set1_ps(0.693145752f), ln2_lo = _mm512_set1_ps(1.42860677e-6f);
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x); /* in this order a NaN stays NaN */
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
-    r = _mm512_fnmadd_ps(n, ln2_lo, r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
 
 INLINE TARGET __m512 load_half(const uint16_t *at, __mmask16 mask) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at));

@@ -1,5 +1,6 @@
 /* The ONNX Runtime custom-op library: domain "ortgen", op Q8MatMul(A, B, scales[, bias]) → Y with
- * attributes K and N: the inputs of an 8-bit MatMulNBits of blocks of 64, computed by q8gemm.
+ * attributes K and N (the inputs of an 8-bit MatMulNBits of blocks of 64, computed by q8gemm) and
+ * optional activation (1: GELU, tanh form, after the bias), and op CachedAttention (below).
  *
  * ONNX Runtime's C API is a table of function pointers (OrtApi) reached through OrtApiBase; the
  * table only ever grows at its end, so an entry's index never changes once a version added it.
@@ -101,7 +102,7 @@ struct OrtCustomOp { /* version 17 layout */
 
 typedef struct {
     const OrtApi *api;
-    int64_t K, N, KB;
+    int64_t K, N, KB, activation; /* activation 1: GELU (tanh form) after the bias */
 } Kernel;
 
 static OrtStatus *fail(const OrtApi *api, const char *message) {
@@ -116,8 +117,18 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api,
     kernel->api = api;
     OrtStatus *status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "K", &kernel->K);
     if (!status) status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "N", &kernel->N);
+    if (!status) { /* optional: absent means none */
+        OrtStatus *absent = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "activation",
+                                                                             &kernel->activation);
+        if (absent) {
+            FN(api, RELEASE_STATUS, void (*)(OrtStatus *))(absent);
+            kernel->activation = 0;
+        }
+    }
     if (!status && (kernel->K < 1 || kernel->N < 1))
         status = fail(api, "Q8MatMul: attributes K and N must be positive");
+    if (!status && (kernel->activation < 0 || kernel->activation > 1))
+        status = fail(api, "Q8MatMul: attribute activation must be 0 (none) or 1 (GELU, tanh form)");
     if (status) {
         free(kernel);
         return status;
@@ -158,7 +169,7 @@ typedef struct {
     const float *A, *scales, *bias;
     const uint8_t *W;
     float *Y;
-    int64_t M, K, KB, N, tasks;
+    int64_t M, K, KB, N, tasks, activation;
     q8_rows rows;
 } Work;
 
@@ -173,8 +184,10 @@ static void gemm_task(void *data, size_t task) {
     int64_t groups = (w->N + 15) / 16; /* ranges start on 16-column groups */
     int64_t g0 = groups * (int64_t)task / w->tasks, g1 = groups * ((int64_t)task + 1) / w->tasks;
     int64_t n1 = g1 * 16 < w->N ? g1 * 16 : w->N;
-    if (g0 * 16 < n1)
+    if (g0 * 16 < n1) {
         q8_gemm(w->rows, w->M, w->KB, w->W, w->scales, w->bias, w->N, g0 * 16, n1, w->Y);
+        if (w->activation) q8_gelu(w->Y, w->M, w->N, g0 * 16, n1);
+    }
 }
 
 /* fn(data, 0 … tasks − 1) over ONNX Runtime's threads, in at most `batches` runs of consecutive
@@ -254,7 +267,7 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     void *space = scratch_for(q8_rows_bytes(M, kernel->KB));
     if (!space) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "Q8MatMul: out of memory");
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
-                 M >= 64 ? 16 : 1, q8_rows_at(space, M, kernel->KB)};
+                 M >= 64 ? 16 : 1, kernel->activation, q8_rows_at(space, M, kernel->KB)};
     status = run_tasks(api, context, quantize_task, work.tasks, work.tasks, &work);
     if (!status) {
         int64_t groups = (kernel->N + 15) / 16;

@@ -4,6 +4,7 @@
  *   y = ((slot0 + slot1) + (slot2 + slot3)) + bias,
  * d_b being the block's exact integer dot Σ (w − 128)·a. Built with -ffp-contract=off. */
 #include "q8gemm.h"
+#include "simd_math.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -232,6 +233,15 @@ TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const
         for (int64_t n = n0; n < n1; n += 16)
             group(rows, rb, rend, KB, W, Ws, bias, N, n, n1 - n < 16 ? (int)(n1 - n) : 16, Y, acc);
     }
+}
+
+TARGET void q8_gelu(float *Y, int64_t M, int64_t N, int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = n0; n < n1; n += 16) {
+            __mmask16 mask = n1 - n >= 16 ? 0xFFFF : (__mmask16)((1u << (n1 - n)) - 1);
+            float *y = Y + m * N + n;
+            _mm512_mask_storeu_ps(y, mask, gelu_tanh(_mm512_maskz_loadu_ps(mask, y)));
+        }
 }
 
 int q8_supported(void) {

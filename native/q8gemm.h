@@ -27,6 +27,8 @@ void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1, 
  * uint8, scales [N, KB]; bias may be NULL. Y is [M, N]. */
 void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Wscales,
              const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y);
+/* Y[m, n] = gelu_tanh(Y[m, n]) for columns [n0, n1), every row (simd_math.h) */
+void q8_gelu(float *Y, int64_t M, int64_t N, int64_t n0, int64_t n1);
 /* 1 when this CPU has AVX-512 F/BW/VL and VNNI (and the OS saves their state) */
 int q8_supported(void);
 

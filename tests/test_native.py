@@ -23,10 +23,13 @@ def test_kernels_are_built_where_the_cpu_runs_them():
     assert kernels.library() is not None, kernels.missing()
 
 
-def q8_session(data: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, k: int):
+def q8_session(
+    data: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, k: int, activation: int = 0
+):
     n = data.shape[0]
     inputs = ["A", "B", "S", *(["bias"] if bias is not None else [])]
-    node = helper.make_node("Q8MatMul", inputs, ["Y"], domain=kernels.DOMAIN, K=k, N=n)
+    extra = {"activation": activation} if activation else {}
+    node = helper.make_node("Q8MatMul", inputs, ["Y"], domain=kernels.DOMAIN, K=k, N=n, **extra)
     weights = [numpy_helper.from_array(data, "B"), numpy_helper.from_array(scales, "S")]
     if bias is not None:
         weights.append(numpy_helper.from_array(bias, "bias"))
@@ -80,6 +83,30 @@ def test_q8matmul_computes_the_packed_weights(k, n, m):
     assert np.array_equal(with_bias, plain + bias)
 
 
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GPT-2's gelu_new in float64."""
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+@pytest.mark.parametrize("m", [1, 3, 9])
+def test_q8matmul_gelu_is_the_tanh_gelu_of_the_biased_product(m):
+    """activation=1 (a folded FastGelu): GELU of exactly what the plain kernel gives plus the
+    bias, to float32 precision, over negative, small, large and NaN values."""
+    rng = np.random.default_rng(m)
+    data, scales = pack_rows(rng.normal(size=(70, 130)).astype(np.float32), 8, 64)
+    bias = (rng.normal(size=70) * 3).astype(np.float32)
+    a = (rng.normal(size=(m, 130)) * rng.uniform(0.01, 3, size=(m, 1))).astype(np.float32)
+    a[0, :3] = [40.0, -40.0, 0.0]
+    linear = q8_session(data, scales, bias, 130).run(None, {"A": a})[0]
+    gelu = q8_session(data, scales, bias, 130, activation=1).run(None, {"A": a})[0]
+    want = gelu_tanh(linear)
+    assert np.abs(gelu - want).max() <= 2e-6 * np.maximum(np.abs(want), 1).max()
+    a[-1, 5] = np.nan
+    nan_row = q8_session(data, scales, bias, 130, activation=1).run(None, {"A": a})[0][-1]
+    assert np.isnan(nan_row).all()
+
+
 @pytest.mark.parametrize("m", [1, 5])
 def test_a_nan_input_gives_nan_outputs_in_its_row_only(m):
     """A NaN must not vanish in the activations' int8 rounding (max() drops NaNs)."""
@@ -93,13 +120,14 @@ def test_a_nan_input_gives_nan_outputs_in_its_row_only(m):
     assert np.isfinite(y[1:]).all()
 
 
+@pytest.mark.parametrize("activation", [0, 1])
 @pytest.mark.parametrize("k, n", [(200, 37), (320, 50), (768, 600)])
-def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n):
+def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n, activation):
     """Few rows (one column at a time) and many (16-column groups, 64-row blocks, split across
     threads) are different paths: every row still comes out bit for bit as it does alone."""
     rng = np.random.default_rng(n)
     data, scales = pack_rows(rng.normal(size=(n, k)).astype(np.float32), 8, 64)
-    session = q8_session(data, scales, rng.normal(size=n).astype(np.float32), k)
+    session = q8_session(data, scales, rng.normal(size=n).astype(np.float32), k, activation)
     a = (rng.normal(size=(70, k)) * rng.uniform(0.1, 10, size=(70, 1))).astype(np.float32)
     alone = {i: session.run(None, {"A": a[i : i + 1]})[0][0] for i in (0, 1, 2, 3, 16, 64, 69)}
     for rows in (2, 3, 4, 5, 17, 65, 70):

@@ -215,6 +215,7 @@ def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized
     made_by = {out: n.op_type for n in native.graph.node for out in n.output}
     adds = [n for n in native.graph.node if n.op_type == "Add"]
     assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
+    assert ops["FastGelu"] == 0  # folded into the MLP's first Q8MatMul
     checked = Counter(p["graph"] for p in manifest.parity["prompts"])
     assert checked["native"] == checked["inplace"] > 0
     assert manifest.inplace["native_file"] in manifest.export["files"]
