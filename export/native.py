@@ -2,8 +2,8 @@
 and weights run by ortgen's own kernels (native/) — each 8-bit `MatMulNBits` of blocks of 64 by
 `ortgen.Q8MatMul`, which reads MatMulNBits' bytes as they are (the bias Add or FastGelu after it
 folded in), and each `GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16
-(KV_DTYPE: half the bytes a decode step reads late in a long context). The runtime takes it where the kernel library
-is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
+(KV_DTYPE: half the bytes a decode step reads late in a long context). The runtime takes it where
+the kernel library is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
 
 from __future__ import annotations
 
