@@ -92,53 +92,39 @@ def swap_matmuls(model: onnx.ModelProto) -> int:
         model.graph.node.remove(node)
         model.graph.node.insert(position, q8)
         swapped += 1
-    _fold_biases(model.graph)
+    _fold_epilogues(model.graph)
     return swapped
 
 
-def _fold_biases(graph: onnx.GraphProto) -> None:
-    """Add(Q8MatMul(x), b) with b a constant [N] → Q8MatMul(x, bias=b): one node less per
-    layer, and the same float sums (the kernel adds the bias last, as Add did)."""
+# The node after a Q8MatMul that the kernel can do itself, given a constant [N] second input:
+# Add (the bias, added last as Add did) or FastGelu (bias, then the tanh-form GELU).
+_EPILOGUES = {"Add": {}, "FastGelu": {"activation": 1}}
+
+
+def _fold_epilogues(graph: onnx.GraphProto) -> None:
+    """Epilogue(Q8MatMul(x), b) → Q8MatMul(x, bias=b, **its attributes): one node less each,
+    where the Q8MatMul's output feeds nothing else and it has no bias yet."""
     constants = {t.name: list(t.dims) for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
+    kept = {o.name for o in graph.output}
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    for add in [n for n in graph.node if n.op_type == "Add" and len(n.input) == 2]:
-        matmul = producers.get(add.input[0])
+    for after in [n for n in graph.node if n.op_type in _EPILOGUES and len(n.input) == 2]:
+        matmul = producers.get(after.input[0])
         if matmul is None or matmul.op_type != OP or len(matmul.input) != 3:
             continue
         n = next(helper.get_attribute_value(a) for a in matmul.attribute if a.name == "N")
-        graph_output = {o.name for o in graph.output}
-        if uses.get(add.input[0]) != 1 or add.input[0] in graph_output:
+        if uses.get(after.input[0]) != 1 or after.input[0] in kept:
             continue
-        if constants.get(add.input[1]) != [n]:
+        if constants.get(after.input[1]) != [n]:
             continue
-        matmul.input.append(add.input[1])
-        matmul.output[0] = add.output[0]
-        graph.node.remove(add)
-    _fold_gelus(graph, constants, uses)
-
-
-def _fold_gelus(graph: onnx.GraphProto, constants: dict, uses: dict) -> None:
-    """FastGelu(Q8MatMul(x), b) with b a constant [N] → Q8MatMul(x, bias=b, activation=1): the
-    kernel adds the bias and applies the same tanh-form GELU (simd_math.h) as its last step."""
-    producers = {out: node for node in graph.node for out in node.output}
-    graph_output = {o.name for o in graph.output}
-    for gelu in [n for n in graph.node if n.op_type == "FastGelu" and len(n.input) == 2]:
-        matmul = producers.get(gelu.input[0])
-        if matmul is None or matmul.op_type != OP or len(matmul.input) != 3:
-            continue
-        n = next(helper.get_attribute_value(a) for a in matmul.attribute if a.name == "N")
-        if uses.get(gelu.input[0]) != 1 or gelu.input[0] in graph_output:
-            continue
-        if constants.get(gelu.input[1]) != [n]:
-            continue
-        matmul.input.append(gelu.input[1])
-        matmul.attribute.append(helper.make_attribute("activation", 1))
-        matmul.output[0] = gelu.output[0]
-        graph.node.remove(gelu)
+        matmul.input.append(after.input[1])
+        for name, value in _EPILOGUES[after.op_type].items():
+            matmul.attribute.append(helper.make_attribute(name, value))
+        matmul.output[0] = after.output[0]
+        graph.node.remove(after)
 
 
 def _runs_natively(node: onnx.NodeProto, attrs: dict) -> bool:

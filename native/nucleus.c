@@ -6,10 +6,11 @@
  * fraction of that, and the running sums are the same sequential float32 sums numpy computes.
  * Portable C: no CPU feature needed. Built with -ffp-contract=off and no fast-math, so every sum
  * is evaluated in order, as written. */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "scratch.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -64,34 +65,6 @@ static void radix_sort(uint32_t *keys, uint32_t *spare, int64_t n) {
     if (from != keys) memcpy(keys, from, (size_t)n * sizeof *keys);
 }
 
-/* Per-thread room for 2n keys, kept between calls up to KEEP_KEYS (a vocabulary of 256 k ids)
- * and freed at thread exit. */
-#define KEEP_KEYS ((int64_t)1 << 18)
-static pthread_key_t keys_key;
-static pthread_once_t keys_once = PTHREAD_ONCE_INIT;
-static _Thread_local uint32_t *keys_room;
-static _Thread_local int64_t keys_room_n;
-
-static void make_keys_key(void) { pthread_key_create(&keys_key, free); }
-
-static uint32_t *keys_for(int64_t n) {
-    if (n > keys_room_n) {
-        pthread_once(&keys_once, make_keys_key);
-        free(keys_room);
-        keys_room = malloc(2 * (size_t)n * sizeof *keys_room);
-        keys_room_n = keys_room ? n : 0;
-        pthread_setspecific(keys_key, keys_room);
-    }
-    return keys_room;
-}
-
-static void keys_done(void) {
-    free(keys_room);
-    keys_room = NULL;
-    keys_room_n = 0;
-    pthread_setspecific(keys_key, NULL);
-}
-
 /* The positions (ascending) sampling._nucleus keeps of probs[0..n) (values ≥ 0) for top_p, into
  * out (n long); returns how many, or −1 when out of memory. As numpy computes it:
  *   ranked = values, most likely first;  mass_i = fl(fl(ranked_0 + … + ranked_i) − ranked_i)
@@ -99,7 +72,7 @@ static void keys_done(void) {
  *   positions with p > last, and the first (kept − #those) positions with p == last. */
 EXPORT int64_t ortgen_nucleus(const float *probs, int64_t n, float top_p, int64_t *out) {
     if (n <= 0) return 0;
-    uint32_t *keys = keys_for(n);
+    uint32_t *keys = scratch_for(2 * (size_t)n * sizeof(uint32_t));
     if (!keys) return -1;
     for (int64_t i = 0; i < n; i++) keys[i] = key_of(probs[i]);
     radix_sort(keys, keys + n, n);
@@ -113,7 +86,7 @@ EXPORT int64_t ortgen_nucleus(const float *probs, int64_t n, float top_p, int64_
     }
     if (kept < 1) kept = 1; /* only NaN masses (NaN logits) get here: garbage either way */
     float last = value_of(keys[n - kept]);
-    if (n > KEEP_KEYS) keys_done();
+    scratch_done();
     int64_t above = 0;
     for (int64_t i = 0; i < n; i++) above += probs[i] > last;
     int64_t ties = kept - above, count = 0;
@@ -171,7 +144,7 @@ EXPORT int ortgen_kth_largest(const float *x, int64_t n, int64_t k, float *out) 
     memset(local, 0, sizeof local);
     for (int64_t i = 0; i < n; i++) local[order_key(x[i]) >> 21]++;
     uint32_t top = digit_of_kth(local, 2047, &k);
-    uint32_t *keys = keys_for(n);
+    uint32_t *keys = scratch_for(2 * (size_t)n * sizeof(uint32_t));
     if (!keys) return -1;
     int64_t m = 0;
     for (int64_t i = 0; i < n; i++) { /* branch-free compaction */
@@ -188,7 +161,7 @@ EXPORT int ortgen_kth_largest(const float *x, int64_t n, int64_t k, float *out) 
             if ((keys[i] & high) == prefix) local[(keys[i] >> shift[pass]) & mask]++;
         prefix |= digit_of_kth(local, mask, &k) << shift[pass];
     }
-    if (n > KEEP_KEYS) keys_done();
+    scratch_done();
     uint32_t bits = prefix & 0x80000000u ? prefix & 0x7FFFFFFFu : ~prefix;
     memcpy(out, &bits, sizeof *out);
     return 0;

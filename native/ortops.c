@@ -17,6 +17,7 @@
 
 #include "attention.h"
 #include "q8gemm.h"
+#include "scratch.h"
 
 #define API_VERSION 17 /* the OrtApi this library asks for: ONNX Runtime 1.17 or newer */
 #define EXPORT __attribute__((visibility("default")))
@@ -202,37 +203,6 @@ static OrtStatus *run_tasks(const OrtApi *api, OrtKernelContext *context,
     size_t runs = (size_t)(batches < tasks ? batches : tasks);
     return FN(api, KERNEL_CONTEXT_PARALLEL_FOR, ParallelFor)(context, fn, (size_t)tasks, runs,
                                                              data);
-}
-
-/* Per-thread scratch for the quantized rows. Up to KEEP bytes stay for the thread's next call (a
- * decode step needs a few KiB, a 512-token prompt ~2 MiB); a bigger one is freed after its call,
- * and what stays is freed when the thread ends. */
-#define KEEP ((size_t)8 << 20)
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static _Thread_local void *scratch;
-static _Thread_local size_t scratch_size;
-
-static void make_scratch_key(void) { pthread_key_create(&scratch_key, free); }
-
-static void *scratch_for(size_t size) {
-    if (size > scratch_size) {
-        pthread_once(&scratch_once, make_scratch_key);
-        free(scratch);
-        scratch = aligned_alloc(64, (size + 63) & ~(size_t)63);
-        scratch_size = scratch ? size : 0;
-        pthread_setspecific(scratch_key, scratch); /* the key's destructor frees it at exit */
-    }
-    return scratch;
-}
-
-static void scratch_done(void) {
-    if (scratch_size > KEEP) {
-        free(scratch);
-        scratch = NULL;
-        scratch_size = 0;
-        pthread_setspecific(scratch_key, NULL);
-    }
 }
 
 static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
@@ -450,49 +420,25 @@ static int memory_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; ret
 static int one(const OrtCustomOp *op) { (void)op; return 1; }
 static int last_version(const OrtCustomOp *op) { (void)op; return INT_MAX; }
 
-static const OrtCustomOp q8_op = {
-    .version = 17,
-    .GetName = op_name,
-    .GetExecutionProviderType = op_provider,
-    .GetInputType = input_type,
-    .GetInputTypeCount = input_count,
-    .GetOutputType = output_type,
-    .GetOutputTypeCount = output_count,
-    .KernelDestroy = destroy_kernel,
-    .GetInputCharacteristic = input_kind,
-    .GetOutputCharacteristic = output_kind,
-    .GetInputMemoryType = memory_type,
-    .GetVariadicInputMinArity = one,
-    .GetVariadicInputHomogeneity = one,
-    .GetVariadicOutputMinArity = one,
-    .GetVariadicOutputHomogeneity = one,
-    .CreateKernelV2 = create_kernel,
-    .KernelComputeV2 = compute,
-    .GetStartVersion = one,
-    .GetEndVersion = last_version,
-};
+/* An op record at the version 17 layout: what differs between ortgen's ops is named, the rest
+ * (CPU, one kernel per node, no variadic arguments, every opset) is shared. */
+#define CUSTOM_OP(name, in_type, in_count, out_type, out_count, in_kind, create, run)           \
+    {                                                                                          \
+        .version = 17, .GetName = name, .GetExecutionProviderType = op_provider,               \
+        .GetInputType = in_type, .GetInputTypeCount = in_count, .GetOutputType = out_type,     \
+        .GetOutputTypeCount = out_count, .KernelDestroy = destroy_kernel,                      \
+        .GetInputCharacteristic = in_kind, .GetOutputCharacteristic = output_kind,             \
+        .GetInputMemoryType = memory_type, .GetVariadicInputMinArity = one,                    \
+        .GetVariadicInputHomogeneity = one, .GetVariadicOutputMinArity = one,                  \
+        .GetVariadicOutputHomogeneity = one, .CreateKernelV2 = create, .KernelComputeV2 = run, \
+        .GetStartVersion = one, .GetEndVersion = last_version,                                 \
+    }
 
-static const OrtCustomOp attention_op = {
-    .version = 17,
-    .GetName = attention_name,
-    .GetExecutionProviderType = op_provider,
-    .GetInputType = attention_input_type,
-    .GetInputTypeCount = attention_inputs,
-    .GetOutputType = attention_output_type,
-    .GetOutputTypeCount = attention_outputs,
-    .KernelDestroy = destroy_kernel,
-    .GetInputCharacteristic = attention_input_kind,
-    .GetOutputCharacteristic = output_kind,
-    .GetInputMemoryType = memory_type,
-    .GetVariadicInputMinArity = one,
-    .GetVariadicInputHomogeneity = one,
-    .GetVariadicOutputMinArity = one,
-    .GetVariadicOutputHomogeneity = one,
-    .CreateKernelV2 = create_attention,
-    .KernelComputeV2 = compute_attention,
-    .GetStartVersion = one,
-    .GetEndVersion = last_version,
-};
+static const OrtCustomOp q8_op = CUSTOM_OP(op_name, input_type, input_count, output_type,
+                                           output_count, input_kind, create_kernel, compute);
+static const OrtCustomOp attention_op =
+    CUSTOM_OP(attention_name, attention_input_type, attention_inputs, attention_output_type,
+              attention_outputs, attention_input_kind, create_attention, compute_attention);
 
 EXPORT int ortgen_kernels_supported(void) { return q8_supported() && attn_supported(); }
 

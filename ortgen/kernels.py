@@ -19,46 +19,73 @@ SWITCH = "ORTGEN_NATIVE"  # set to 0: never pick the native graph by default
 def library() -> str | None:
     """Path of the kernel library when it is built, this CPU runs it (AVX-512 VNNI) and SWITCH
     is not 0; else None."""
-    return None if os.environ.get(SWITCH, "1") == "0" else _probe()[0]
+    return None if _off() else _probe()[0]
 
 
 def missing() -> str:
     """Why library() is None, as one line that says what to do."""
-    if os.environ.get(SWITCH, "1") == "0":
+    if _off():
         return f"ortgen's native code is off ({SWITCH}=0): unset it, or pass graph='inplace'"
     return _probe()[1]
+
+
+def _off() -> bool:
+    return os.environ.get(SWITCH, "1") == "0"
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str, str]:
+    """(the loaded library, its path, "") where it is built and loads; else (None, "", why
+    not). The one place the library is opened."""
+    spec = importlib.util.find_spec("ortgen._kernels")
+    if spec is None or not spec.origin:
+        return (
+            None,
+            "",
+            (
+                "ortgen's native kernels are not built (no C compiler at install): install gcc and "
+                "reinstall ortgen, or pass graph='inplace'"
+            ),
+        )
+    try:
+        return ctypes.CDLL(spec.origin), spec.origin, ""
+    except OSError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return (
+            None,
+            "",
+            (
+                f"ortgen's native kernel library {spec.origin} does not load ({reason}): reinstall "
+                "ortgen, or pass graph='inplace'"
+            ),
+        )
 
 
 @functools.cache
 def _probe() -> tuple[str | None, str]:
     """(the library's path, "") where it loads and this CPU runs it; else (None, why not)."""
-    spec = importlib.util.find_spec("ortgen._kernels")
-    if spec is None or not spec.origin:
-        return None, (
-            "ortgen's native kernels are not built (no C compiler at install): install gcc and "
-            "reinstall ortgen, or pass graph='inplace'"
-        )
+    lib, path, why = _load()
+    if lib is None:
+        return None, why
     try:
-        supported = ctypes.CDLL(spec.origin).ortgen_kernels_supported()
-    except (OSError, AttributeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        supported = lib.ortgen_kernels_supported()
+    except AttributeError as err:
         return None, (
-            f"ortgen's native kernel library {spec.origin} does not load ({reason}): reinstall "
-            "ortgen, or pass graph='inplace'"
+            f"ortgen's native kernel library {path} is incomplete ({err}): reinstall ortgen, or "
+            "pass graph='inplace'"
         )
     if supported != 1:
         return None, (
             "this CPU lacks AVX-512 VNNI, which ortgen's native kernels need: use graph inplace"
         )
-    return spec.origin, ""
+    return path, ""
 
 
 class Sampling:
     """The library's sampling helpers (native/nucleus.c): the same ids as sampling.py's numpy
     code, bit for bit for finite scores, faster. Portable C: any CPU runs them."""
 
-    def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
+    def __init__(self, lib: ctypes.CDLL) -> None:
         f32, i64, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
         self._nucleus = lib.ortgen_nucleus
         self._nucleus.argtypes, self._nucleus.restype = [ptr, i64, f32, ptr], i64
@@ -99,15 +126,13 @@ class Sampling:
 def sampling() -> Sampling | None:
     """The sampling helpers where the library is built and SWITCH is not 0 (any CPU); else None
     (sampling.py then runs its numpy code: the same ids, slower)."""
-    return None if os.environ.get(SWITCH, "1") == "0" else _sampling()
+    return None if _off() else _sampling()
 
 
 @functools.cache
 def _sampling() -> Sampling | None:
-    spec = importlib.util.find_spec("ortgen._kernels")
-    if spec is None or not spec.origin:
-        return None
+    lib = _load()[0]
     try:
-        return Sampling(spec.origin)
-    except (OSError, AttributeError):
+        return Sampling(lib) if lib is not None else None
+    except AttributeError:
         return None

@@ -40,6 +40,11 @@ def q8_session(
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         weights,
     )
+    return native_session(graph)
+
+
+def native_session(graph) -> ort.InferenceSession:
+    """A 2-thread session on a one-node graph of ortgen's custom ops."""
     model = helper.make_model(
         graph,
         ir_version=10,
@@ -154,6 +159,7 @@ def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path)
     broken.write_bytes(b"not a shared library")
     spec = type("Spec", (), {"origin": str(broken)})()
     monkeypatch.setattr(kernels.importlib.util, "find_spec", lambda name: spec)
+    kernels._load.cache_clear()
     kernels._probe.cache_clear()
     try:
         assert kernels.library() is None
@@ -161,7 +167,8 @@ def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path)
         assert "\n" not in kernels.missing()
     finally:
         monkeypatch.undo()
-        kernels._probe.cache_clear()
+        kernels._load.cache_clear()
+    kernels._probe.cache_clear()
     assert kernels.library() is not None
 
 
@@ -185,15 +192,7 @@ def attention_session(heads: int, packed: bool, window: int = -1, scale: float =
     inputs += [tensor(n, TensorProto.INT32, None) for n in ("seqlens_k", "total")]
     outputs = [tensor("out", TensorProto.FLOAT, None)]
     outputs += [tensor(n, TensorProto.FLOAT16, None) for n in ("present_key", "present_value")]
-    model = helper.make_model(
-        helper.make_graph([node], "attention", inputs, outputs),
-        ir_version=10,
-        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(kernels.DOMAIN, 1)],
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.register_custom_ops_library(kernels.library())
-    return ort.InferenceSession(model.SerializeToString(), options)
+    return native_session(helper.make_graph([node], "attention", inputs, outputs))
 
 
 def attend(session, qkv, caches, last, packed=True, in_place=True):
