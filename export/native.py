@@ -1,7 +1,8 @@
 """The in-place graph's native variant, `inplace.native.onnx` (quantized folders): the same graph
-and weights run by ortgen's own kernels (native/) — each 8-bit `MatMulNBits` of blocks of 64 by
-`ortgen.Q8MatMul`, which reads MatMulNBits' bytes as they are (the bias Add or FastGelu after it
-folded in), and each `GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16
+and weights run by ortgen's own kernels (native/) — each `MatMulNBits` of 8 bits in blocks of 64 or
+4 bits in blocks of 32 by `ortgen.Q8MatMul` (int8 activations per row and block), which reads
+MatMulNBits' bytes as they are (the bias Add or FastGelu after it folded in), and each
+`GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16
 (KV_DTYPE: half the bytes a decode step reads late in a long context). The runtime takes it where
 the kernel library is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
 
@@ -16,13 +17,12 @@ FILE = "inplace.native.onnx"
 OP = "Q8MatMul"
 ATTENTION = "CachedAttention"
 KV_DTYPE = "float16"  # the native graph's cache tensors (manifest inplace.native_kv_dtype)
-_BLOCK = 64  # the kernel's block: one 512-bit register of codes
+_BLOCKS = {8: 64, 4: 32}  # the kernel's block for each width of code
 
 
 def swap_kernels(model: onnx.ModelProto) -> int:
     """Rewrite a quantized `model` in place; → how many nodes ortgen's kernels took over (0: leave
-    it unwritten: fp32 folders keep ONNX Runtime's float32 cache). int4 keeps its MatMulNBits
-    and gains the float16 cache's attention."""
+    it unwritten: fp32 folders keep ONNX Runtime's float32 cache)."""
     if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
         return 0
     swapped = swap_matmuls(model) + _swap_attention(model.graph)
@@ -88,6 +88,7 @@ def swap_matmuls(model: onnx.ModelProto) -> int:
             domain=DOMAIN,
             K=attrs["K"],
             N=attrs["N"],
+            **({"bits": 4} if attrs["bits"] == 4 else {}),
         )
         model.graph.node.remove(node)
         model.graph.node.insert(position, q8)
@@ -128,11 +129,10 @@ def _fold_epilogues(graph: onnx.GraphProto) -> None:
 
 
 def _runs_natively(node: onnx.NodeProto, attrs: dict) -> bool:
-    """8 bits, blocks of 64, no zero points or group indices (the export's symmetric int8)."""
+    """8 bits in blocks of 64 or 4 in blocks of 32, no zero points or group indices (the export's
+    symmetric int8 and int4)."""
     if node.op_type != "MatMulNBits":
         return False
     extras = [name for name in node.input[3:5] if name]
     int8_compute = attrs.get("accuracy_level") == 4  # the kernel's int8 activations
-    return (
-        attrs.get("bits") == 8 and attrs.get("block_size") == _BLOCK and int8_compute and not extras
-    )
+    return _BLOCKS.get(attrs.get("bits")) == attrs.get("block_size") and int8_compute and not extras

@@ -1,6 +1,7 @@
 /* The ONNX Runtime custom-op library: domain "ortgen", op Q8MatMul(A, B, scales[, bias]) → Y with
- * attributes K and N (the inputs of an 8-bit MatMulNBits of blocks of 64, computed by q8gemm) and
- * optional activation (1: GELU, tanh form, after the bias), and op CachedAttention (below).
+ * attributes K and N (the inputs of a MatMulNBits, computed by q8gemm with int8 activations),
+ * optional bits (8, the default: blocks of 64; or 4: blocks of 32) and optional activation (1:
+ * GELU, tanh form, after the bias), and op CachedAttention (below).
  *
  * ONNX Runtime's C API is a table of function pointers (OrtApi) reached through OrtApiBase; the
  * table only ever grows at its end, so an entry's index never changes once a version added it.
@@ -104,10 +105,23 @@ struct OrtCustomOp { /* version 17 layout */
 typedef struct {
     const OrtApi *api;
     int64_t K, N, KB, activation; /* activation 1: GELU (tanh form) after the bias */
+    int64_t bits, block;          /* 8 and Q8_BLOCK, or 4 and Q4_BLOCK */
 } Kernel;
 
 static OrtStatus *fail(const OrtApi *api, const char *message) {
     return FN(api, CREATE_STATUS, CreateStatus)(ORT_INVALID_ARGUMENT, message);
+}
+
+/* an optional int attribute: absent means `otherwise` */
+static int64_t optional_int(const OrtApi *api, const OrtKernelInfo *info, const char *name,
+                            int64_t otherwise) {
+    int64_t value = otherwise;
+    OrtStatus *absent = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, name, &value);
+    if (absent) {
+        FN(api, RELEASE_STATUS, void (*)(OrtStatus *))(absent);
+        value = otherwise;
+    }
+    return value;
 }
 
 static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api,
@@ -118,23 +132,20 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api,
     kernel->api = api;
     OrtStatus *status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "K", &kernel->K);
     if (!status) status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "N", &kernel->N);
-    if (!status) { /* optional: absent means none */
-        OrtStatus *absent = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "activation",
-                                                                             &kernel->activation);
-        if (absent) {
-            FN(api, RELEASE_STATUS, void (*)(OrtStatus *))(absent);
-            kernel->activation = 0;
-        }
-    }
+    kernel->activation = optional_int(api, info, "activation", 0);
+    kernel->bits = optional_int(api, info, "bits", 8);
     if (!status && (kernel->K < 1 || kernel->N < 1))
         status = fail(api, "Q8MatMul: attributes K and N must be positive");
     if (!status && (kernel->activation < 0 || kernel->activation > 1))
         status = fail(api, "Q8MatMul: attribute activation must be 0 (none) or 1 (GELU, tanh form)");
+    if (!status && kernel->bits != 8 && kernel->bits != 4)
+        status = fail(api, "Q8MatMul: attribute bits must be 8 (blocks of 64) or 4 (blocks of 32)");
     if (status) {
         free(kernel);
         return status;
     }
-    kernel->KB = (kernel->K + Q8_BLOCK - 1) / Q8_BLOCK;
+    kernel->block = kernel->bits == 8 ? Q8_BLOCK : Q4_BLOCK;
+    kernel->KB = (kernel->K + kernel->block - 1) / kernel->block;
     *out = kernel;
     return NULL;
 }
@@ -170,14 +181,14 @@ typedef struct {
     const float *A, *scales, *bias;
     const uint8_t *W;
     float *Y;
-    int64_t M, K, KB, N, tasks, activation;
+    int64_t M, K, KB, N, tasks, activation, bits;
     q8_rows rows;
 } Work;
 
 static void quantize_task(void *data, size_t task) {
     Work *w = data;
     int64_t m0 = w->M * (int64_t)task / w->tasks, m1 = w->M * ((int64_t)task + 1) / w->tasks;
-    q8_quantize(w->A, w->K, w->KB, m0, m1, w->rows);
+    (w->bits == 8 ? q8_quantize : q4_quantize)(w->A, w->K, w->KB, m0, m1, w->rows);
 }
 
 static void gemm_task(void *data, size_t task) {
@@ -186,7 +197,8 @@ static void gemm_task(void *data, size_t task) {
     int64_t g0 = groups * (int64_t)task / w->tasks, g1 = groups * ((int64_t)task + 1) / w->tasks;
     int64_t n1 = g1 * 16 < w->N ? g1 * 16 : w->N;
     if (g0 * 16 < n1) {
-        q8_gemm(w->rows, w->M, w->KB, w->W, w->scales, w->bias, w->N, g0 * 16, n1, w->Y);
+        (w->bits == 8 ? q8_gemm : q4_gemm)(w->rows, w->M, w->KB, w->W, w->scales, w->bias, w->N,
+                                           g0 * 16, n1, w->Y);
         if (w->activation) q8_gelu(w->Y, w->M, w->N, g0 * 16, n1);
     }
 }
@@ -219,8 +231,12 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     if (status) return status;
     if (rank < 1 || dims[rank - 1] != kernel->K)
         return fail(api, "Q8MatMul: the last dimension of A is not the node's K");
-    status = check_size(api, in[1], kernel->N * kernel->KB * Q8_BLOCK, "Q8MatMul: B is not N x K/64 x 64");
-    if (!status) status = check_size(api, in[2], kernel->N * kernel->KB, "Q8MatMul: scales are not N x K/64");
+    int eight = kernel->bits == 8;
+    status = check_size(api, in[1], kernel->N * kernel->KB * kernel->block * kernel->bits / 8,
+                        eight ? "Q8MatMul: B is not N x K/64 x 64" : "Q8MatMul: B is not N x K/32 x 16");
+    if (!status)
+        status = check_size(api, in[2], kernel->N * kernel->KB,
+                            eight ? "Q8MatMul: scales are not N x K/64" : "Q8MatMul: scales are not N x K/32");
     if (!status && in[3]) status = check_size(api, in[3], kernel->N, "Q8MatMul: bias is not N long");
     if (status) return status;
     int64_t M = 1;
@@ -234,10 +250,12 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     for (int i = 0; !status && i < 5; i++)
         if (values[i]) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(values[i], &data[i]);
     if (status || M == 0) return status;
-    void *space = scratch_for(q8_rows_bytes(M, kernel->KB));
+    int64_t stored = eight ? kernel->KB : Q4_PADDED(kernel->KB); /* activation blocks a row */
+    void *space = scratch_for(q8_rows_bytes(M, stored, kernel->block));
     if (!space) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "Q8MatMul: out of memory");
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
-                 M >= 64 ? 16 : 1, kernel->activation, q8_rows_at(space, M, kernel->KB)};
+                 M >= 64 ? 16 : 1, kernel->activation, kernel->bits,
+                 q8_rows_at(space, M, stored, kernel->block)};
     status = run_tasks(api, context, quantize_task, work.tasks, work.tasks, &work);
     if (!status) {
         int64_t groups = (kernel->N + 15) / 16;

@@ -13,21 +13,22 @@
 #define INLINE static inline __attribute__((always_inline))
 #define PREFETCH 4096 /* bytes ahead in a column stream */
 #define ROW_BLOCK 64 /* rows whose codes stay in L2 while every column strip passes over them */
+#define Q4_ROW_BLOCK 32 /* the same for 4 bits (16 slots a row: 16 KiB of sums per 16 rows) */
 
 static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-size_t q8_rows_bytes(int64_t M, int64_t KB) {
+size_t q8_rows_bytes(int64_t M, int64_t KB, int64_t block) {
     size_t blocks = (size_t)M * (size_t)KB;
-    return round64(blocks * Q8_BLOCK) + round64(blocks * sizeof(int32_t)) +
+    return round64(blocks * (size_t)block) + round64(blocks * sizeof(int32_t)) +
            round64(blocks * sizeof(float));
 }
 
-q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB) {
+q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
     size_t blocks = (size_t)M * (size_t)KB;
     char *at = (char *)scratch;
     q8_rows rows;
     rows.codes = (int8_t *)at;
-    at += round64(blocks * Q8_BLOCK);
+    at += round64(blocks * (size_t)block);
     rows.offsets = (int32_t *)at;
     at += round64(blocks * sizeof(int32_t));
     rows.scales = (float *)at;
@@ -70,15 +71,9 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
     }
 }
 
-/* The 64-byte block b of 16 weight columns, turned so that register j holds bytes 4j..4j+3 of
- * every column (lane i: column i): 16 loads and a 16 × 16 transpose of dwords. The next group's
- * same block (`ahead` bytes on) is fetched meanwhile. */
-INLINE TARGET void turn(const uint8_t *const *col, int64_t b, int64_t ahead, __m512i *out) {
-    __m512i r[16], t[16], u[16];
-    for (int i = 0; i < 16; i++) {
-        _mm_prefetch((const char *)(col[i] + b * Q8_BLOCK + ahead), _MM_HINT_T0);
-        r[i] = _mm512_loadu_si512(col[i] + b * Q8_BLOCK);
-    }
+/* 16 registers of 16 dwords (register i: column i's 64 bytes) → out[j]: dword j of every column */
+INLINE TARGET void transpose(const __m512i *r, __m512i *out) {
+    __m512i t[16], u[16];
     for (int k = 0; k < 8; k++) {
         t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
         t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
@@ -99,6 +94,18 @@ INLINE TARGET void turn(const uint8_t *const *col, int64_t b, int64_t ahead, __m
         out[4 + e] = _mm512_shuffle_i32x4(w0, w1, 0x88);
         out[12 + e] = _mm512_shuffle_i32x4(w0, w1, 0xdd);
     }
+}
+
+/* The 64-byte block b of 16 weight columns, turned so that register j holds bytes 4j..4j+3 of
+ * every column (lane i: column i): 16 loads and a 16 × 16 transpose of dwords. The next group's
+ * same block (`ahead` bytes on) is fetched meanwhile. */
+INLINE TARGET void turn(const uint8_t *const *col, int64_t b, int64_t ahead, __m512i *out) {
+    __m512i r[16];
+    for (int i = 0; i < 16; i++) {
+        _mm_prefetch((const char *)(col[i] + b * Q8_BLOCK + ahead), _MM_HINT_T0);
+        r[i] = _mm512_loadu_si512(col[i] + b * Q8_BLOCK);
+    }
+    transpose(r, out);
 }
 
 /* R rows' block b against the turned block w: acc[r] (16 columns) += float(exact int dot of the
@@ -232,6 +239,278 @@ TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const
         int64_t rend = rb + ROW_BLOCK < M ? rb + ROW_BLOCK : M;
         for (int64_t n = n0; n < n1; n += 16)
             group(rows, rb, rend, KB, W, Ws, bias, N, n, n1 - n < 16 ? (int)(n1 - n) : 16, Y, acc);
+    }
+}
+
+/* ---- 4-bit weights: blocks of 32 codes, 16 bytes a block, code 2i in byte i's low nibble and
+ * code 2i + 1 in its high one.
+ *
+ * Activations: each row holds Q4_PADDED(KB) blocks (zeros past KB), in groups of 4 blocks laid out
+ * [even-indexed codes of blocks 0–3 | odd-indexed codes of blocks 0–3] (16 bytes each), so that
+ * one 64-byte load of 4 blocks' packed weights, split into low and high nibbles, meets its codes
+ * byte for byte. Offsets and scales are stored in "slot order": within each run of 16 blocks,
+ * block 4i + j at position 4j + i (q4_slot), the order in which the few-rows path's reduction
+ * leaves 16 blocks' dots.
+ *
+ * Every output is, whichever path computes it:
+ *   slot[q4_slot(b) % 16] = fma(float(d_b), a_scale_b × w_scale_b, that slot)  for blocks b in order,
+ *   y = sum16(slot) + bias,  d_b = Σ (w − 8)·a exactly. */
+
+INLINE int64_t q4_slot(int64_t b) { return (b & ~(int64_t)15) + 4 * (b & 3) + ((b >> 2) & 3); }
+
+/* the fixed addition tree over 16 slots (stride: floats between slots) */
+INLINE float sum16(const float *s, int stride) {
+#define S(i) s[(i) * stride]
+    return (((S(0) + S(1)) + (S(2) + S(3))) + ((S(4) + S(5)) + (S(6) + S(7)))) +
+           (((S(8) + S(9)) + (S(10) + S(11))) + ((S(12) + S(13)) + (S(14) + S(15))));
+#undef S
+}
+
+/* sum16 of a register's lanes, the same additions: neighbours, then pairs of pairs, ... */
+INLINE TARGET float sum16_lanes(__m512 v) {
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));                     /* lanes 2i: s2i + s2i+1 */
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));                     /* lanes 4i */
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));              /* lanes 8i */
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));              /* lane 0 */
+    return _mm512_cvtss_f32(v);
+}
+
+TARGET void q4_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1,
+                        q8_rows rows) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m256i eight = _mm256_set1_epi8(8);
+    int64_t KBp = Q4_PADDED(KB);
+    for (int64_t m = m0; m < m1; m++) {
+        int8_t *row = rows.codes + m * KBp * Q4_BLOCK;
+        for (int64_t b = 0; b < KBp; b++) {
+            int8_t *evens = row + (b >> 2) * 4 * Q4_BLOCK + 16 * (b & 3);
+            int64_t at = m * KBp + q4_slot(b);
+            if (b >= KB) { /* padding: no codes, nothing to add */
+                memset(evens, 0, 16);
+                memset(evens + 64, 0, 16);
+                rows.offsets[at] = 0;
+                rows.scales[at] = 0.0f;
+                continue;
+            }
+            const float *x = A + m * K + b * Q4_BLOCK;
+            int64_t left = K - b * Q4_BLOCK; /* valid values in this block, ≥ 1 */
+            __m512 v[2];
+            __m512 top = _mm512_setzero_ps();
+            __mmask16 nan = 0;
+            for (int i = 0; i < 2; i++) {
+                int64_t n = left - 16 * i;
+                __mmask16 mask = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+                v[i] = _mm512_maskz_loadu_ps(mask, x + 16 * i);
+                top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v[i]));
+                nan |= _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q);
+            }
+            float amax = nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
+            float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            __m512 scale = _mm512_set1_ps(inv);
+            __m128i c0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v[0], scale)));
+            __m128i c1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v[1], scale)));
+            __m256i c = _mm256_inserti128_si256(_mm256_castsi128_si256(c0), c1, 1);
+            /* [even 0–15 | odd 0–15 | even 16–31 | odd 16–31] (8 bytes each) → evens, then odds */
+            c = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(c, split), 0xD8);
+            _mm_storeu_si128((__m128i *)evens, _mm256_castsi256_si128(c));
+            _mm_storeu_si128((__m128i *)(evens + 64), _mm256_extracti128_si256(c, 1));
+            __m256i lane = _mm256_dpbusd_epi32(_mm256_setzero_si256(), eight, c);
+            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(lane), _mm256_extracti128_si256(lane, 1));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+            rows.offsets[at] = -_mm_cvtsi128_si32(h); /* −8 × the code sum */
+            rows.scales[at] = amax / 127.0f;
+        }
+    }
+}
+
+/* Blocks b and b + 1 (b even; `two`: whether b + 1 exists) of 16 columns, each column's 32 bytes
+ * unpacked to [low b | high b | low b + 1 | high b + 1] and turned: out[j] holds bytes 4j..4j+3
+ * of every column (out[0..7]: block b, out[8..15]: block b + 1). */
+INLINE TARGET void turn4(const uint8_t *const *col, int64_t b, int two, int64_t ahead,
+                         __m512i *out) {
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    __m512i r[16];
+    for (int i = 0; i < 16; i++) {
+        const uint8_t *at = col[i] + b * (Q4_BLOCK / 2);
+        _mm_prefetch((const char *)(at + ahead), _MM_HINT_T0);
+        __m256i p = two ? _mm256_loadu_si256((const __m256i *)at)
+                        : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)at));
+        __m256i lo = _mm256_and_si256(p, nibble);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nibble);
+        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        r[i] = _mm512_shuffle_i64x2(z, z, 0xD8);
+    }
+    transpose(r, out);
+}
+
+/* R rows' blocks b (and b + 1 when TWO) against the turned pair w: each block's exact dot, then
+ * its slot's fma (acc: per row 16 slots × 16 columns) */
+INLINE TARGET void rows_pair(const int R, const int TWO, q8_rows rows, int64_t KBp, int64_t m,
+                             int64_t b, const __m512i *w, __m512 ws0, __m512 ws1, float *acc) {
+    __m512i d[4][2];
+    const int8_t *a[4][2];
+    for (int r = 0; r < R; r++) {
+        const int8_t *row = rows.codes + (m + r) * KBp * Q4_BLOCK;
+        for (int h = 0; h < 2; h++) a[r][h] = row + (b >> 2) * 4 * Q4_BLOCK + 16 * ((b + h) & 3);
+        d[r][0] = _mm512_set1_epi32(rows.offsets[(m + r) * KBp + q4_slot(b)]);
+        d[r][1] = TWO ? _mm512_set1_epi32(rows.offsets[(m + r) * KBp + q4_slot(b + 1)])
+                      : _mm512_setzero_si512();
+    }
+    for (int j = 0; j < 8; j++) /* codes 4j..4j+3 of the block: evens for j < 4, then odds */
+        for (int r = 0; r < R; r++) {
+            int at = j < 4 ? 4 * j : 64 + 4 * (j - 4);
+            d[r][0] = _mm512_dpbusd_epi32(d[r][0], w[j], _mm512_set1_epi32(four_codes(a[r][0] + at)));
+            if (TWO)
+                d[r][1] = _mm512_dpbusd_epi32(d[r][1], w[8 + j],
+                                              _mm512_set1_epi32(four_codes(a[r][1] + at)));
+        }
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < 1 + TWO; h++) {
+            int64_t slot = q4_slot(b + h);
+            __m512 scale = _mm512_mul_ps(h ? ws1 : ws0, _mm512_set1_ps(rows.scales[(m + r) * KBp + slot]));
+            float *y = acc + ((m + r) * 16 + (slot & 15)) * 16;
+            _mm512_storeu_ps(y, _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[r][h]), scale, _mm512_loadu_ps(y)));
+        }
+}
+
+INLINE TARGET void rows_pairs(const int TWO, q8_rows here, int64_t KBp, int64_t M, int64_t b,
+                              const __m512i *w, __m512 ws0, __m512 ws1, float *acc) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) rows_pair(4, TWO, here, KBp, m, b, w, ws0, ws1, acc);
+    switch (M - m) {
+        case 3: rows_pair(3, TWO, here, KBp, m, b, w, ws0, ws1, acc); break;
+        case 2: rows_pair(2, TWO, here, KBp, m, b, w, ws0, ws1, acc); break;
+        case 1: rows_pair(1, TWO, here, KBp, m, b, w, ws0, ws1, acc); break;
+    }
+}
+
+/* Columns [n, n + C) for rows [m0, m1), as `group`; acc: (m1 − m0) × 16 slots × 16 floats */
+static TARGET void group4(q8_rows rows, int64_t m0, int64_t m1, int64_t KB, const uint8_t *W,
+                          const float *Ws, const float *bias, int64_t N, int64_t n, int C,
+                          float *Y, float *acc) {
+    const uint8_t *col[16];
+    int32_t idx[16];
+    for (int i = 0; i < 16; i++) {
+        int64_t c = n + (i < C ? i : C - 1);
+        col[i] = W + c * KB * (Q4_BLOCK / 2);
+        idx[i] = (int32_t)((c - n) * KB);
+    }
+    __m512i index = _mm512_loadu_si512(idx);
+    int64_t M = m1 - m0, KBp = Q4_PADDED(KB);
+    for (int64_t i = 0; i < M * 256; i++) acc[i] = 0.0f;
+    q8_rows here = rows;
+    here.codes += m0 * KBp * Q4_BLOCK;
+    here.offsets += m0 * KBp;
+    here.scales += m0 * KBp;
+    for (int64_t b = 0; b < KB; b += 2) {
+        int two = b + 1 < KB;
+        __m512i w[16];
+        turn4(col, b, two, 16 * KB * (Q4_BLOCK / 2), w);
+        __m512 ws0 = _mm512_i32gather_ps(index, Ws + n * KB + b, 4);
+        if (two)
+            rows_pairs(1, here, KBp, M, b, w, ws0,
+                       _mm512_i32gather_ps(index, Ws + n * KB + b + 1, 4), acc);
+        else
+            rows_pairs(0, here, KBp, M, b, w, ws0, ws0, acc);
+    }
+    for (int64_t m = 0; m < M; m++)
+        for (int i = 0; i < C; i++) {
+            float y = sum16(acc + m * 256 + i, 16);
+            Y[(m0 + m) * N + n + i] = bias ? y + bias[n + i] : y;
+        }
+}
+
+/* Blocks [b, b + 16) of one column for R (≤ 3) rows into their 16 slots acc[r] (FULL: all 16
+ * blocks exist; else those past KB read as zeros and only the first G loads are made). A 64-byte
+ * load holds 4 blocks: its low nibbles meet their even codes, its high nibbles the odd ones; the 4
+ * loads' dots, reduced together, land in slot order. */
+INLINE TARGET void column_blocks(const int R, const int FULL, const int G, q8_rows rows,
+                                 int64_t m0, int64_t KBp, int64_t KB, int64_t b,
+                                 const uint8_t *col, const float *ws, __m512 *acc) {
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    __m512i lo[4], hi[4];
+    int64_t left = FULL ? 16 : KB - b;
+    for (int g = 0; g < G; g++) {
+        __m512i packed;
+        if (FULL) {
+            packed = _mm512_loadu_si512(col + (b + 4 * g) * (Q4_BLOCK / 2));
+        } else {
+            int64_t here = left - 4 * g; /* blocks of this load present */
+            __mmask64 bytes = here >= 4 ? ~(__mmask64)0
+                              : here <= 0 ? 0
+                                          : (((__mmask64)1 << (16 * here)) - 1);
+            packed = _mm512_maskz_loadu_epi8(bytes, col + (b + 4 * g) * (Q4_BLOCK / 2));
+        }
+        lo[g] = _mm512_and_si512(packed, nibble);
+        hi[g] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    }
+    __m512 wscale = FULL ? _mm512_loadu_ps(ws + b)
+                         : _mm512_maskz_loadu_ps((__mmask16)((1u << left) - 1), ws + b);
+    wscale = _mm512_permutexvar_ps(order, wscale);
+    for (int r = 0; r < R; r++) {
+        const int8_t *a = rows.codes + ((m0 + r) * KBp + b) * Q4_BLOCK;
+        __m512i d[4];
+        for (int g = 0; g < 4; g++) {
+            const int8_t *codes = a + g * 4 * Q4_BLOCK;
+            if (g >= G) {
+                d[g] = _mm512_setzero_si512();
+                continue;
+            }
+            d[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[g], _mm512_loadu_si512(codes));
+            d[g] = _mm512_dpbusd_epi32(d[g], hi[g], _mm512_loadu_si512(codes + 64));
+        }
+        /* lane j of d[g]: block 4g + j's 4 partial sums → u: dword 4j + g = block 4g + j */
+        __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
+        __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+        __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+        int64_t at = (m0 + r) * KBp + b;
+        u = _mm512_add_epi32(u, _mm512_loadu_si512(rows.offsets + at));
+        __m512 scale = _mm512_mul_ps(wscale, _mm512_loadu_ps(rows.scales + at));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u), scale, acc[r]);
+    }
+}
+
+/* One column n for R (≤ 3) rows: the same numbers as group4 */
+INLINE TARGET void column4(const int R, q8_rows rows, int64_t m0, int64_t KB, const uint8_t *W,
+                           const float *Ws, const float *bias, int64_t N, int64_t n, float *Y) {
+    const uint8_t *col = W + n * KB * (Q4_BLOCK / 2);
+    const float *ws = Ws + n * KB;
+    int64_t KBp = Q4_PADDED(KB), b = 0;
+    __m512 acc[3];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (; b + 16 <= KB; b += 16) column_blocks(R, 1, 4, rows, m0, KBp, KB, b, col, ws, acc);
+    switch ((KB - b + 3) / 4) { /* loads of the last, partial run of 16 blocks */
+        case 4: column_blocks(R, 0, 4, rows, m0, KBp, KB, b, col, ws, acc); break;
+        case 3: column_blocks(R, 0, 3, rows, m0, KBp, KB, b, col, ws, acc); break;
+        case 2: column_blocks(R, 0, 2, rows, m0, KBp, KB, b, col, ws, acc); break;
+        case 1: column_blocks(R, 0, 1, rows, m0, KBp, KB, b, col, ws, acc); break;
+    }
+    for (int r = 0; r < R; r++) {
+        float y = sum16_lanes(acc[r]);
+        Y[(m0 + r) * N + n] = bias ? y + bias[n] : y;
+    }
+}
+
+TARGET void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
+                    const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
+    if (M < 4) {
+        for (int64_t n = n0; n < n1; n++) {
+            _mm_prefetch((const char *)(W + n * KB * (Q4_BLOCK / 2) + PREFETCH), _MM_HINT_T0);
+            if (M == 1) column4(1, rows, 0, KB, W, Ws, bias, N, n, Y);
+            else if (M == 2) column4(2, rows, 0, KB, W, Ws, bias, N, n, Y);
+            else column4(3, rows, 0, KB, W, Ws, bias, N, n, Y);
+        }
+        return;
+    }
+    float acc[Q4_ROW_BLOCK * 256] __attribute__((aligned(64)));
+    for (int64_t rb = 0; rb < M; rb += Q4_ROW_BLOCK) {
+        int64_t rend = rb + Q4_ROW_BLOCK < M ? rb + Q4_ROW_BLOCK : M;
+        for (int64_t n = n0; n < n1; n += 16)
+            group4(rows, rb, rend, KB, W, Ws, bias, N, n, n1 - n < 16 ? (int)(n1 - n) : 16, Y, acc);
     }
 }
 

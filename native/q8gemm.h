@@ -1,7 +1,8 @@
-/* int8 block GEMM on AVX-512 VNNI for MatMulNBits-layout weights (8 bits, symmetric, zero point
- * 128, blocks of 64 along K). Activations are quantized per row and block of 64, so every output
- * row is computed from its own input row only, by the same instruction sequence whatever the
- * number of rows: results never depend on batch neighbours. */
+/* int8-activation block GEMM on AVX-512 VNNI for MatMulNBits-layout weights: 8 bits (symmetric,
+ * zero point 128, blocks of 64 along K) or 4 bits (symmetric, zero point 8, blocks of 32, two codes
+ * a byte, low nibble first). Activations are quantized per row and block of the weights' block
+ * size, so every output row is computed from its own input row only, by the same instruction
+ * sequence whatever the number of rows: results never depend on batch neighbours. */
 #ifndef ORTGEN_Q8GEMM_H
 #define ORTGEN_Q8GEMM_H
 
@@ -9,23 +10,31 @@
 #include <stdint.h>
 
 #define Q8_BLOCK 64
+#define Q4_BLOCK 32
+#define Q4_PADDED(KB) (((KB) + 15) & ~(int64_t)15) /* 4-bit activation rows: blocks stored */
 
-/* One call's quantized activations: rows of M × KB blocks. */
+/* One call's quantized activations: rows of M × KB blocks of `block` codes. */
 typedef struct {
-    int8_t *codes;    /* [M, KB, 64] int8, zero past K */
+    int8_t *codes;    /* [M, KB, block] int8, zero past K (4 bits: a block's even-indexed codes,
+                         then its odd-indexed ones: the order of the weights' low, high nibbles) */
     float *scales;    /* [M, KB] */
-    int32_t *offsets; /* [M, KB] −128 × the block's code sum: the weights' zero point's share */
+    int32_t *offsets; /* [M, KB] −zero point × the block's code sum: the zero point's share */
 } q8_rows;
 
-/* bytes of scratch q8_rows needs for M rows of KB blocks */
-size_t q8_rows_bytes(int64_t M, int64_t KB);
+/* bytes of scratch q8_rows needs for M rows of KB blocks of `block` codes */
+size_t q8_rows_bytes(int64_t M, int64_t KB, int64_t block);
 /* lay q8_rows over `scratch` (64-byte aligned, q8_rows_bytes long) */
-q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB);
+q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block);
 /* quantize rows [m0, m1) of A [M, K] */
 void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1, q8_rows rows);
 /* Y[m, n] = Σ_k A[m, k] W[n, k] (+ bias[n]) for columns [n0, n1), every row; W codes [N, KB, 64]
  * uint8, scales [N, KB]; bias may be NULL. Y is [M, N]. */
 void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Wscales,
+             const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y);
+/* the same two for 4-bit weights: W codes [N, KB, 16] (32 nibbles a block), scales [N, KB];
+ * q8_rows of Q4_PADDED(KB) blocks */
+void q4_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1, q8_rows rows);
+void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Wscales,
              const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y);
 /* Y[m, n] = gelu_tanh(Y[m, n]) for columns [n0, n1), every row (simd_math.h) */
 void q8_gelu(float *Y, int64_t M, int64_t N, int64_t n0, int64_t n1);

@@ -1,7 +1,7 @@
-"""ortgen's own int8 kernel (`ortgen.Q8MatMul`, native/): it is built wherever the CPU can run it,
-computes what the packed weights mean (within the activations' int8 rounding, as MatMulNBits
-does), and gives every row the same bits whatever rows run beside it and whichever path (few rows
-or many) computes it."""
+"""ortgen's own kernels (native/): `ortgen.Q8MatMul` (int8 activations against 8-bit or 4-bit
+weights) is built wherever the CPU can run it, computes what the packed weights mean (within the
+activations' int8 rounding, as MatMulNBits does), and gives every row the same bits whatever rows
+run beside it and whichever path (few rows or many) computes it; `ortgen.CachedAttention`."""
 
 from __future__ import annotations
 
@@ -23,12 +23,34 @@ def test_kernels_are_built_where_the_cpu_runs_them():
     assert kernels.library() is not None, kernels.missing()
 
 
+BLOCKS = {8: 64, 4: 32}  # MatMulNBits block the kernel takes for each width
+
+
+def packed(rows: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The export's packing of a [N, K] weight → (data, scales, what they mean [N, K])."""
+    n, k = rows.shape
+    data, scales = pack_rows(rows, bits, BLOCKS[bits])
+    codes = (
+        data
+        if bits == 8
+        else np.stack([data & 15, data >> 4], axis=-1).reshape(n, scales.shape[1], -1)
+    )
+    restored = (codes.astype(np.float32) - 2 ** (bits - 1)) * scales[..., None]
+    return data, scales, restored.reshape(n, -1)[:, :k]
+
+
 def q8_session(
-    data: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, k: int, activation: int = 0
+    data: np.ndarray,
+    scales: np.ndarray,
+    bias: np.ndarray | None,
+    k: int,
+    activation: int = 0,
+    bits: int = 8,
 ):
     n = data.shape[0]
     inputs = ["A", "B", "S", *(["bias"] if bias is not None else [])]
     extra = {"activation": activation} if activation else {}
+    extra.update({"bits": bits} if bits != 8 else {})
     node = helper.make_node("Q8MatMul", inputs, ["Y"], domain=kernels.DOMAIN, K=k, N=n, **extra)
     weights = [numpy_helper.from_array(data, "B"), numpy_helper.from_array(scales, "S")]
     if bias is not None:
@@ -56,35 +78,36 @@ def native_session(graph) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options)
 
 
-def rounding_bound(a: np.ndarray, rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def rounding_bound(a: np.ndarray, rows: np.ndarray, block: int) -> np.ndarray:
     """|kernel − a · Wᵀ| can reach Σ over blocks of (a's block step / 2) · Σ |w| in the block:
-    activations are int8 per row and block of 64 (step max |a| / 127), weights exact as packed."""
+    activations are int8 per row and block (step max |a| / 127), weights exact as packed."""
     m, k = a.shape
-    width = scales.shape[1] * 64
+    width = -(-k // block) * block
     padded_a = np.zeros((m, width), np.float64)
     padded_a[:, :k] = a
     padded_w = np.zeros((rows.shape[0], width), np.float64)
     padded_w[:, :k] = np.abs(rows)
-    step = np.abs(padded_a.reshape(m, -1, 64)).max(-1) / 127  # [M, KB]
-    weight = padded_w.reshape(rows.shape[0], -1, 64).sum(-1)  # [N, KB]
+    step = np.abs(padded_a.reshape(m, -1, block)).max(-1) / 127  # [M, KB]
+    weight = padded_w.reshape(rows.shape[0], -1, block).sum(-1)  # [N, KB]
     return step @ weight.T / 2 + 1e-4  # [M, N]
 
 
-# K = 100 and 320: 2 and 5 blocks, so the few-rows path's last group of 4 blocks is partial;
+# 8 bits: K = 100 and 320 are 2 and 5 blocks, so the few-rows path's last group of 4 blocks is
+# partial; 4 bits: K = 100, 200, 320, 768 leave 4, 7, 10, 24 blocks, a partial run of 16.
 # N = 600: 38 column groups, split over the threads
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("k, n", [(64, 37), (100, 20), (200, 100), (320, 50), (768, 600)])
 @pytest.mark.parametrize("m", [1, 2, 3, 9])  # 1–3 rows: one column at a time; 9: 16-column groups
-def test_q8matmul_computes_the_packed_weights(k, n, m):
+def test_q8matmul_computes_the_packed_weights(k, n, m, bits):
     rng = np.random.default_rng(k)
-    data, scales = pack_rows(rng.normal(size=(n, k)).astype(np.float32), 8, 64)
-    restored = ((data.astype(np.float32) - 128) * scales[..., None]).reshape(n, -1)[:, :k]
+    data, scales, restored = packed(rng.normal(size=(n, k)).astype(np.float32), bits)
     bias = rng.normal(size=n).astype(np.float32)
     a = rng.normal(size=(m, k)).astype(np.float32)
-    plain = q8_session(data, scales, None, k).run(None, {"A": a})[0]
+    plain = q8_session(data, scales, None, k, bits=bits).run(None, {"A": a})[0]
     exact = a.astype(np.float64) @ restored.T.astype(np.float64)
-    assert (np.abs(plain - exact) <= rounding_bound(a, restored, scales)).all()
+    assert (np.abs(plain - exact) <= rounding_bound(a, restored, BLOCKS[bits])).all()
     assert np.abs(plain - exact).max() > 0  # the activations really are int8
-    with_bias = q8_session(data, scales, bias, k).run(None, {"A": a})[0]
+    with_bias = q8_session(data, scales, bias, k, bits=bits).run(None, {"A": a})[0]
     assert np.array_equal(with_bias, plain + bias)
 
 
@@ -94,30 +117,32 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("m", [1, 3, 9])
-def test_q8matmul_gelu_is_the_tanh_gelu_of_the_biased_product(m):
+def test_q8matmul_gelu_is_the_tanh_gelu_of_the_biased_product(m, bits):
     """activation=1 (a folded FastGelu): GELU of exactly what the plain kernel gives plus the
     bias, to float32 precision, over negative, small, large and NaN values."""
     rng = np.random.default_rng(m)
-    data, scales = pack_rows(rng.normal(size=(70, 130)).astype(np.float32), 8, 64)
+    data, scales, _ = packed(rng.normal(size=(70, 130)).astype(np.float32), bits)
     bias = (rng.normal(size=70) * 3).astype(np.float32)
     a = (rng.normal(size=(m, 130)) * rng.uniform(0.01, 3, size=(m, 1))).astype(np.float32)
     a[0, :3] = [40.0, -40.0, 0.0]
-    linear = q8_session(data, scales, bias, 130).run(None, {"A": a})[0]
-    gelu = q8_session(data, scales, bias, 130, activation=1).run(None, {"A": a})[0]
+    linear = q8_session(data, scales, bias, 130, bits=bits).run(None, {"A": a})[0]
+    gelu = q8_session(data, scales, bias, 130, activation=1, bits=bits).run(None, {"A": a})[0]
     want = gelu_tanh(linear)
     assert np.abs(gelu - want).max() <= 2e-6 * np.maximum(np.abs(want), 1).max()
     a[-1, 5] = np.nan
-    nan_row = q8_session(data, scales, bias, 130, activation=1).run(None, {"A": a})[0][-1]
+    nan_row = q8_session(data, scales, bias, 130, 1, bits).run(None, {"A": a})[0][-1]
     assert np.isnan(nan_row).all()
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("m", [1, 5])
-def test_a_nan_input_gives_nan_outputs_in_its_row_only(m):
+def test_a_nan_input_gives_nan_outputs_in_its_row_only(m, bits):
     """A NaN must not vanish in the activations' int8 rounding (max() drops NaNs)."""
     rng = np.random.default_rng(3)
-    data, scales = pack_rows(rng.normal(size=(40, 130)).astype(np.float32), 8, 64)
-    session = q8_session(data, scales, None, 130)
+    data, scales, _ = packed(rng.normal(size=(40, 130)).astype(np.float32), bits)
+    session = q8_session(data, scales, None, 130, bits=bits)
     a = rng.normal(size=(m, 130)).astype(np.float32)
     a[0, 70] = np.nan
     y = session.run(None, {"A": a})[0]
@@ -125,14 +150,16 @@ def test_a_nan_input_gives_nan_outputs_in_its_row_only(m):
     assert np.isfinite(y[1:]).all()
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("activation", [0, 1])
-@pytest.mark.parametrize("k, n", [(200, 37), (320, 50), (768, 600)])
-def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n, activation):
-    """Few rows (one column at a time) and many (16-column groups, 64-row blocks, split across
-    threads) are different paths: every row still comes out bit for bit as it does alone."""
+@pytest.mark.parametrize("k, n", [(200, 37), (320, 50), (768, 600), (3072, 40)])
+def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n, activation, bits):
+    """Few rows (one column at a time) and many (16-column groups, 64- or 32-row blocks, split
+    across threads) are different paths: every row still comes out bit for bit as it does alone."""
     rng = np.random.default_rng(n)
-    data, scales = pack_rows(rng.normal(size=(n, k)).astype(np.float32), 8, 64)
-    session = q8_session(data, scales, rng.normal(size=n).astype(np.float32), k, activation)
+    data, scales, _ = packed(rng.normal(size=(n, k)).astype(np.float32), bits)
+    bias = rng.normal(size=n).astype(np.float32)
+    session = q8_session(data, scales, bias, k, activation, bits)
     a = (rng.normal(size=(70, k)) * rng.uniform(0.1, 10, size=(70, 1))).astype(np.float32)
     alone = {i: session.run(None, {"A": a[i : i + 1]})[0][0] for i in (0, 1, 2, 3, 16, 64, 69)}
     for rows in (2, 3, 4, 5, 17, 65, 70):
@@ -151,6 +178,16 @@ def test_wrong_shapes_fail_with_a_message_instead_of_reading_past_the_weights():
     short = q8_session(data[:4], scales, None, 64)  # N = 4 in the node, 8 rows of scales
     with pytest.raises(Exception, match="Q8MatMul: scales are not N x K/64"):
         short.run(None, {"A": np.ones((1, 64), np.float32)})
+    data, scales = pack_rows(np.ones((8, 64), np.float32), 4, 32)
+    as_8_bits = q8_session(data, scales, None, 64)  # 4-bit bytes in an 8-bit node
+    with pytest.raises(Exception, match="Q8MatMul: B is not N x K/64 x 64"):
+        as_8_bits.run(None, {"A": np.ones((1, 64), np.float32)})
+    with pytest.raises(Exception, match="Q8MatMul: B is not N x K/32 x 16"):
+        q8_session(data[:, :1], scales, None, 64, bits=4).run(
+            None, {"A": np.ones((1, 64), np.float32)}
+        )
+    with pytest.raises(Exception, match="attribute bits must be 8"):
+        q8_session(data, scales, None, 64, bits=2)
 
 
 def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path):

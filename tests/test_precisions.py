@@ -200,17 +200,28 @@ def test_in_place_graph_stores_no_weight_twice(arch, precision, quantized, expor
 
 
 @pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
-def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized):
-    """Where ortgen's kernels run, an int8 export writes the in-place graph's native variant
-    (every 8-bit MatMulNBits → ortgen.Q8MatMul), proves it against transformers with the others,
+@pytest.mark.parametrize("precision, bits", [("int8", 8), ("int4", 4)])
+def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
+    arch, quantized, precision, bits
+):
+    """Where ortgen's kernels run, a quantized export writes the in-place graph's native variant
+    (every MatMulNBits → ortgen.Q8MatMul of the same bits, every GroupQueryAttention →
+    ortgen.CachedAttention over a float16 cache), proves it against transformers with the others,
     and the runtime picks it."""
-    folder = quantized[(arch, "int8")]
+    folder = quantized[(arch, precision)]
     manifest = read_manifest(folder)
+    assert manifest.inplace["native_kv_dtype"] == "float16"
     native = onnx.load(str(folder / manifest.inplace["native_file"]), load_external_data=False)
     inplace = onnx.load(str(folder / manifest.inplace["file"]), load_external_data=False)
     ops = Counter(n.op_type for n in native.graph.node)
     assert ops["Q8MatMul"] == Counter(n.op_type for n in inplace.graph.node)["MatMulNBits"] > 0
     assert ops["MatMulNBits"] == 0
+    widths = {
+        next((helper.get_attribute_value(a) for a in n.attribute if a.name == "bits"), 8)
+        for n in native.graph.node
+        if n.op_type == "Q8MatMul"
+    }
+    assert widths == {bits}
     assert ops["CachedAttention"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
     made_by = {out: n.op_type for n in native.graph.node for out in n.output}
     adds = [n for n in native.graph.node if n.op_type == "Add"]
@@ -222,18 +233,33 @@ def test_int8_native_graph_is_parity_checked_and_runs_by_default(arch, quantized
     assert Generator.from_dir(folder).model.graph == "native"
 
 
-@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
-def test_int4_native_graph_keeps_matmulnbits_and_takes_the_half_precision_cache(arch, quantized):
-    folder = quantized[(arch, "int4")]
-    manifest = read_manifest(folder)
-    assert manifest.inplace["native_kv_dtype"] == "float16"
-    native = onnx.load(str(folder / manifest.inplace["native_file"]), load_external_data=False)
-    ops = Counter(n.op_type for n in native.graph.node)
-    assert ops["CachedAttention"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
-    assert ops["Q8MatMul"] == 0 and ops["MatMulNBits"] > 0
-    checked = Counter(p["graph"] for p in manifest.parity["prompts"])
-    assert checked["native"] == checked["inplace"] > 0
-    assert Generator.from_dir(folder).model.graph == "native"
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_the_session_keeps_one_copy_of_the_tied_table(
+    arch, quantized, precision, monkeypatch, tmp_path
+):
+    """The embedding gather views the LM head's quantized table through a Reshape: ONNX Runtime's
+    constant folding would make that view a second, resident copy of the table (38 MB for gpt2
+    int8). The graph ONNX Runtime runs keeps the Reshape and holds the table's bytes once."""
+    from ortgen import session as sessions
+    from ortgen.model import Model
+
+    optimized = tmp_path / "optimized.onnx"
+    plain = sessions.session_options
+
+    def saving(*args, **kwargs):
+        options = plain(*args, **kwargs)
+        options.optimized_model_filepath = str(optimized)
+        return options
+
+    monkeypatch.setattr(sessions, "session_options", saving)
+    Model.load(quantized[(arch, precision)])
+    graph = onnx.load(str(optimized), load_external_data=False).graph  # the folder's data
+    vocab = read_manifest(quantized[(arch, precision)]).vocab_size
+    tables = [
+        t for t in graph.initializer if t.data_type == TensorProto.UINT8 and t.dims[0] == vocab
+    ]
+    assert len(tables) == 1
+    assert any(n.op_type == "Reshape" and n.input[0] == tables[0].name for n in graph.node)
 
 
 def test_native_graph_is_for_quantized_folders_and_can_be_switched_off(
