@@ -57,6 +57,12 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
+# Constant folding would turn the Reshape that views a quantized folder's tied embedding table
+# as the gather's [vocab, hidden] into a second, resident copy of it (38 MB for gpt2 int8): the
+# export folded everything else already, and a Reshape of a weight costs nothing at run time.
+UNFOLDED = ["ConstantFolding"]
+
+
 def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
     """`spin`: idle pool threads busy-wait for the next kernel (ONNX Runtime's default, lowest
     latency on an idle machine); off, they sleep — kinder to other processes on busy cores."""
@@ -114,7 +120,9 @@ def create_session(
                 "reinstall ortgen, or set ORTGEN_NATIVE=0"
             ) from None
     try:
-        session = ort.InferenceSession(str(model_path), options, providers=DEVICES[device])
+        session = ort.InferenceSession(
+            str(model_path), options, providers=DEVICES[device], disabled_optimizers=UNFOLDED
+        )
     except Exception as err:  # ORT raises its own untyped errors for unreadable graphs
         raise ModelFolderError(
             f"cannot load {model_path}: {first_line(err)}; re-export it"

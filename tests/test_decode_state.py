@@ -140,6 +140,27 @@ def test_prompt_fed_in_parts_gives_the_numbers_of_the_whole_prompt(arch, generat
             assert np.array_equal(a, b), (budget, k, float(np.abs(a - b).max()))
 
 
+def test_a_long_prompt_runs_in_parts_with_the_numbers_of_one_run(arch, generators, monkeypatch):
+    """SlotCache.prefill feeds a prompt longer than PREFILL_PART in parts (its activations stay
+    small): the logits, and the steps after, are those of the prompt run whole."""
+    from ortgen import decode_state
+
+    generator = generators[arch]
+    prompt = np.random.default_rng(5).integers(1, 300, 40).tolist()
+    whole = DecodeState.for_model(generator.model)
+    want = [whole.prefill([prompt], all_logits=True)[0, -1]]  # all logits: one run, whole
+    want += [whole.step(np.asarray([t]))[0] for t in (7, 8)]
+    runs = []
+    monkeypatch.setattr(decode_state, "PREFILL_PART", 6)
+    state = DecodeState.for_model(generator.model)
+    monkeypatch.setattr(state, "_feed", lambda *a, **k: runs.append(a[1:3]) or feed(*a, **k))
+    feed = type(state)._feed.__get__(state)
+    got = [state.prefill([prompt])[0]]
+    got += [state.step(np.asarray([t]))[0] for t in (7, 8)]
+    assert runs == [(s, min(s + 6, 40)) for s in range(0, 40, 6)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 def test_dropped_part_leaves_no_trace(generators):
     generator = generators["gpt2"]
     prompt, other = list(range(10, 40)), list(range(50, 70))
