@@ -16,6 +16,7 @@ from ortgen.kernels import DOMAIN
 FILE = "inplace.native.onnx"
 OP = "Q8MatMul"
 ATTENTION = "CachedAttention"
+NORM = "SkipNorm"
 KV_DTYPE = "float16"  # the native graph's cache tensors (manifest inplace.native_kv_dtype)
 _BLOCKS = {8: 64, 4: 32}  # the kernel's block for each width of code
 
@@ -25,7 +26,7 @@ def swap_kernels(model: onnx.ModelProto) -> int:
     it unwritten: fp32 folders keep ONNX Runtime's float32 cache)."""
     if not any(n.op_type == "MatMulNBits" for n in model.graph.node):
         return 0
-    swapped = swap_matmuls(model) + _swap_attention(model.graph)
+    swapped = swap_matmuls(model) + _swap_attention(model.graph) + _swap_norms(model.graph)
     if swapped and DOMAIN not in {o.domain for o in model.opset_import}:
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return swapped
@@ -58,6 +59,32 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
     for value in [*graph.input, *graph.output]:
         if value.name in cache:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return swapped
+
+
+def _swap_norms(graph: onnx.GraphProto) -> int:
+    """SkipLayerNormalization → SkipNorm (same inputs; outputs: the normalized sum and the sum,
+    without the mean and inverse deviation, which nothing reads). → how many."""
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    swapped = 0
+    for position, node in enumerate(list(graph.node)):
+        if node.op_type != "SkipLayerNormalization" or any(
+            o and o in read for o in node.output[1:3]
+        ):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        outputs = [node.output[0], *[o for o in node.output[3:4] if o]]
+        norm = helper.make_node(
+            NORM,
+            list(node.input),
+            outputs,
+            name=f"{node.name}.norm",
+            domain=DOMAIN,
+            epsilon=float(attrs.get("epsilon", 1e-12)),
+        )
+        graph.node.remove(node)
+        graph.node.insert(position, norm)
+        swapped += 1
     return swapped
 
 

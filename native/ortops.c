@@ -1,7 +1,7 @@
 /* The ONNX Runtime custom-op library: domain "ortgen", op Q8MatMul(A, B, scales[, bias]) → Y with
  * attributes K and N (the inputs of a MatMulNBits, computed by q8gemm with int8 activations),
  * optional bits (8, the default: blocks of 64; or 4: blocks of 32) and optional activation (1:
- * GELU, tanh form, after the bias), and op CachedAttention (below).
+ * GELU, tanh form, after the bias), op CachedAttention and op SkipNorm (below).
  *
  * ONNX Runtime's C API is a table of function pointers (OrtApi) reached through OrtApiBase; the
  * table only ever grows at its end, so an entry's index never changes once a version added it.
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "attention.h"
+#include "norm.h"
 #include "q8gemm.h"
 #include "scratch.h"
 
@@ -53,6 +54,7 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 }; /* OrtErrorCode */
 #define KERNEL_INFO_GET_ATTRIBUTE_FLOAT 85
 #define KERNEL_INFO_GET_ATTRIBUTE_INT64 86
 #define KERNEL_CONTEXT_GET_INPUT_COUNT 88
+#define KERNEL_CONTEXT_GET_OUTPUT_COUNT 89
 #define KERNEL_CONTEXT_GET_INPUT 90
 #define KERNEL_CONTEXT_GET_OUTPUT 91
 #define RELEASE_STATUS 93
@@ -311,6 +313,7 @@ typedef struct {
 } AttentionWork;
 
 #define QUERY_BLOCK 32 /* new tokens per task: a prompt's queries spread over the threads */
+#define ATTN_INLINE 2048
 
 static void store_task(void *data, size_t task) {
     AttentionWork *w = data;
@@ -403,8 +406,12 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     work.blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
     /* storing is a conversion pass: threads only for a prompt's worth */
     status = run_tasks(api, context, store_task, B * H, B * T * width < (1 << 16) ? 1 : 8, &work);
-    if (!status) /* a decode step's (row, head) pairs are small: eight runs share them out */
-        status = run_tasks(api, context, query_task, B * H * work.blocks, 8, &work);
+    int64_t seen = 0; /* (query, position) pairs of one head: under ~ATTN_INLINE, threads cost
+                         more than they save */
+    for (int64_t b = 0; b < B; b++) seen += T * (last[b] + 1);
+    if (!status) /* else eight runs share the (row, head, query block) tasks out */
+        status = run_tasks(api, context, query_task, B * H * work.blocks,
+                           seen * H < ATTN_INLINE ? 1 : 8, &work);
     if (!status && work.failed)
         status = FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "CachedAttention: out of memory");
     return status;
@@ -426,6 +433,90 @@ static int attention_input_kind(const OrtCustomOp *op, size_t i) {
     return i == 1 || i == 2 || i == 6 ? OPTIONAL : REQUIRED;
 }
 
+/* ---- SkipNorm(input, skip, gamma, beta[, bias]) → (output[, sum]): SkipLayerNormalization's
+ * interface without its mean and inverse-deviation outputs, norm.c's math. Attribute epsilon. */
+
+typedef struct {
+    const OrtApi *api;
+    float eps;
+} Norm;
+
+static OrtStatus *create_norm(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info,
+                              void **out) {
+    (void)op;
+    Norm *kernel = calloc(1, sizeof(Norm));
+    if (!kernel) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "SkipNorm: out of memory");
+    kernel->api = api;
+    OrtStatus *status =
+        FN(api, KERNEL_INFO_GET_ATTRIBUTE_FLOAT, GetFloat)(info, "epsilon", &kernel->eps);
+    if (!status && !(kernel->eps >= 0.0f))
+        status = fail(api, "SkipNorm: attribute epsilon must be ≥ 0");
+    if (status) {
+        free(kernel);
+        return status;
+    }
+    *out = kernel;
+    return NULL;
+}
+
+typedef struct {
+    norm_args args;
+    int64_t rows, tasks;
+} NormWork;
+
+static void norm_task(void *data, size_t task) {
+    NormWork *w = data;
+    skip_norm(&w->args, w->rows * (int64_t)task / w->tasks, w->rows * ((int64_t)task + 1) / w->tasks);
+}
+
+static OrtStatus *compute_norm(void *opaque, OrtKernelContext *context) {
+    Norm *kernel = opaque;
+    const OrtApi *api = kernel->api;
+    const OrtValue *in[5] = {0};
+    size_t count = 0, outputs = 0, rank = 0, skip_rank = 0;
+    OrtStatus *status = FN(api, KERNEL_CONTEXT_GET_INPUT_COUNT, GetCount)(context, &count);
+    for (size_t i = 0; !status && i < count && i < 5; i++)
+        status = FN(api, KERNEL_CONTEXT_GET_INPUT, GetInput)(context, i, &in[i]);
+    if (!status) status = FN(api, KERNEL_CONTEXT_GET_OUTPUT_COUNT, GetCount)(context, &outputs);
+    if (status) return status;
+    if (!in[0] || !in[1] || !in[2] || !in[3])
+        return fail(api, "SkipNorm: input, skip, gamma and beta are required");
+    const char *rank_msg = "SkipNorm: an input has more than 8 dimensions";
+    int64_t dims[8], skip_dims[8];
+    void *data[5] = {0};
+    for (int i = 0; !status && i < 5; i++)
+        if (in[i]) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)((OrtValue *)in[i], &data[i]);
+    if (!status) status = shape_of(api, in[0], dims, &rank, rank_msg);
+    if (!status) status = shape_of(api, in[1], skip_dims, &skip_rank, rank_msg);
+    if (status) return status;
+    if (rank < 1 || skip_rank != rank || memcmp(dims, skip_dims, sizeof(int64_t) * rank))
+        return fail(api, "SkipNorm: input and skip differ in shape");
+    int64_t H = dims[rank - 1], rows = 1;
+    for (size_t d = 0; d + 1 < rank; d++) rows *= dims[d];
+    const char *size_msg = "SkipNorm: gamma, beta and bias must each hold the last dimension's size";
+    for (int i = 2; !status && i < 5; i++)
+        if (in[i]) status = check_size(api, in[i], H, size_msg);
+    if (status) return status;
+    OrtValue *out[2] = {0};
+    void *out_data[2] = {0};
+    for (size_t i = 0; !status && i < 2 && i < outputs; i++) {
+        status = FN(api, KERNEL_CONTEXT_GET_OUTPUT, GetOutput)(context, i, dims, rank, &out[i]);
+        if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(out[i], &out_data[i]);
+    }
+    if (status || rows == 0 || H == 0) return status;
+    NormWork work = {{data[0], data[1], data[2], data[3], data[4], out_data[0], out_data[1], H,
+                      kernel->eps},
+                     rows, rows * H < (1 << 15) ? 1 : 8}; /* a decode step's rows: no threads */
+    return run_tasks(api, context, norm_task, work.tasks, work.tasks, &work);
+}
+
+static const char *norm_name(const OrtCustomOp *op) { (void)op; return "SkipNorm"; }
+static int all_float(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
+static size_t norm_inputs(const OrtCustomOp *op) { (void)op; return 5; }
+static size_t norm_outputs(const OrtCustomOp *op) { (void)op; return 2; }
+static int norm_input_kind(const OrtCustomOp *op, size_t i) { (void)op; return i == 4 ? OPTIONAL : REQUIRED; }
+static int norm_output_kind(const OrtCustomOp *op, size_t i) { (void)op; return i == 1 ? OPTIONAL : REQUIRED; }
+
 static const char *op_name(const OrtCustomOp *op) { (void)op; return "Q8MatMul"; }
 static const char *op_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 1 ? TYPE_UINT8 : TYPE_FLOAT; }
@@ -440,23 +531,27 @@ static int last_version(const OrtCustomOp *op) { (void)op; return INT_MAX; }
 
 /* An op record at the version 17 layout: what differs between ortgen's ops is named, the rest
  * (CPU, one kernel per node, no variadic arguments, every opset) is shared. */
-#define CUSTOM_OP(name, in_type, in_count, out_type, out_count, in_kind, create, run)           \
+#define CUSTOM_OP(name, in_type, in_count, out_type, out_count, in_kind, out_kind, create, run) \
     {                                                                                          \
         .version = 17, .GetName = name, .GetExecutionProviderType = op_provider,               \
         .GetInputType = in_type, .GetInputTypeCount = in_count, .GetOutputType = out_type,     \
         .GetOutputTypeCount = out_count, .KernelDestroy = destroy_kernel,                      \
-        .GetInputCharacteristic = in_kind, .GetOutputCharacteristic = output_kind,             \
+        .GetInputCharacteristic = in_kind, .GetOutputCharacteristic = out_kind,                \
         .GetInputMemoryType = memory_type, .GetVariadicInputMinArity = one,                    \
         .GetVariadicInputHomogeneity = one, .GetVariadicOutputMinArity = one,                  \
         .GetVariadicOutputHomogeneity = one, .CreateKernelV2 = create, .KernelComputeV2 = run, \
         .GetStartVersion = one, .GetEndVersion = last_version,                                 \
     }
 
-static const OrtCustomOp q8_op = CUSTOM_OP(op_name, input_type, input_count, output_type,
-                                           output_count, input_kind, create_kernel, compute);
-static const OrtCustomOp attention_op =
+static const OrtCustomOp ops[] = {
+    CUSTOM_OP(op_name, input_type, input_count, output_type, output_count, input_kind,
+              output_kind, create_kernel, compute),
     CUSTOM_OP(attention_name, attention_input_type, attention_inputs, attention_output_type,
-              attention_outputs, attention_input_kind, create_attention, compute_attention);
+              attention_outputs, attention_input_kind, output_kind, create_attention,
+              compute_attention),
+    CUSTOM_OP(norm_name, all_float, norm_inputs, all_float, norm_outputs, norm_input_kind,
+              norm_output_kind, create_norm, compute_norm),
+};
 
 EXPORT int ortgen_kernels_supported(void) { return q8_supported() && attn_supported(); }
 
@@ -474,10 +569,9 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
         OrtDomain *made = NULL;
         status = FN(api, CREATE_CUSTOM_OP_DOMAIN, OrtStatus * (*)(const char *, OrtDomain **))(
             "ortgen", &made);
-        for (int i = 0; i < 2 && !status; i++)
+        for (size_t i = 0; i < sizeof ops / sizeof ops[0] && !status; i++)
             status = FN(api, CUSTOM_OP_DOMAIN_ADD,
-                        OrtStatus * (*)(OrtDomain *, const OrtCustomOp *))(
-                made, i ? &attention_op : &q8_op);
+                        OrtStatus * (*)(OrtDomain *, const OrtCustomOp *))(made, &ops[i]);
         if (!status) domain = made; /* a failed one is leaked: rare, and small */
     }
     pthread_mutex_unlock(&domain_lock);

@@ -388,3 +388,69 @@ def test_cached_attention_spreads_a_nan_and_reaches_far_positions():
     out = attend(session, qkv, caches, [4150])
     expected = attention_reference(qkv, caches, [4150], -1, 0.25)
     assert np.abs(out - expected).max() < 1e-5
+
+
+# ---- ortgen.SkipNorm: SkipLayerNormalization's interface, one row at a time ----
+
+
+def norm_session(width: int, bias: bool, sum_output: bool = True, eps: float = 1e-5):
+    rng = np.random.default_rng(width)
+    names = ["gamma", "beta", *(["bias"] if bias else [])]
+    weights = {n: rng.normal(size=width).astype(np.float32) for n in names}
+    node = helper.make_node(
+        "SkipNorm",
+        ["x", "skip", *names],
+        ["y", *(["sum"] if sum_output else [])],
+        domain=kernels.DOMAIN,
+        epsilon=eps,
+    )
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node],
+        "norm",
+        [tensor(n, TensorProto.FLOAT, None) for n in ("x", "skip")],
+        [tensor(n, TensorProto.FLOAT, None) for n in ["y", *(["sum"] if sum_output else [])]],
+        [numpy_helper.from_array(v, n) for n, v in weights.items()],
+    )
+    return native_session(graph), weights
+
+
+@pytest.mark.parametrize("width", [768, 100, 16, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_skip_norm_is_the_layer_norm_of_the_residual_sum(width, bias):
+    session, w = norm_session(width, bias)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(3, 4, width)) * 3 + 1).astype(np.float32)
+    skip = rng.normal(size=(3, 4, width)).astype(np.float32)
+    y, total = session.run(None, {"x": x, "skip": skip})
+    want_sum = (x + skip) + w["bias"] if bias else x + skip  # float32, in this order
+    assert np.array_equal(total, want_sum)
+    s = want_sum.astype(np.float64)
+    normed = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-5)
+    want = normed * w["gamma"] + w["beta"]
+    assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
+    without, _ = norm_session(width, bias, sum_output=False)
+    assert np.array_equal(without.run(None, {"x": x, "skip": skip})[0], y)
+
+
+def test_skip_norm_gives_a_row_the_same_bits_whatever_runs_beside_it():
+    """Few rows run on the caller's thread, many are split over the threads."""
+    session, _ = norm_session(768, True)
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(300, 768)) * rng.uniform(0.1, 10, size=(300, 1))).astype(np.float32)
+    skip = rng.normal(size=(300, 768)).astype(np.float32)
+    x[7, 3] = np.nan
+    alone = [session.run(None, {"x": x[i : i + 1], "skip": skip[i : i + 1]}) for i in (0, 7, 299)]
+    together = session.run(None, {"x": x, "skip": skip})
+    for (y, total), i in zip(alone, (0, 7, 299), strict=True):
+        assert np.array_equal(together[0][i], y[0], equal_nan=True)
+        assert np.array_equal(together[1][i], total[0], equal_nan=True)
+    assert np.isnan(together[0][7]).all() and np.isfinite(together[0][np.arange(300) != 7]).all()
+
+
+def test_skip_norm_refuses_mismatched_inputs():
+    session, _ = norm_session(16, True)
+    with pytest.raises(Exception, match="SkipNorm: input and skip differ in shape"):
+        session.run(None, {"x": np.ones((2, 16), np.float32), "skip": np.ones((1, 16), np.float32)})
+    with pytest.raises(Exception, match="gamma, beta and bias must each hold"):
+        session.run(None, {"x": np.ones((2, 8), np.float32), "skip": np.ones((2, 8), np.float32)})

@@ -206,8 +206,8 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
 ):
     """Where ortgen's kernels run, a quantized export writes the in-place graph's native variant
     (every MatMulNBits → ortgen.Q8MatMul of the same bits, every GroupQueryAttention →
-    ortgen.CachedAttention over a float16 cache), proves it against transformers with the others,
-    and the runtime picks it."""
+    ortgen.CachedAttention over a float16 cache, every SkipLayerNormalization → ortgen.SkipNorm),
+    proves it against transformers with the others, and the runtime picks it."""
     folder = quantized[(arch, precision)]
     manifest = read_manifest(folder)
     assert manifest.inplace["native_kv_dtype"] == "float16"
@@ -227,6 +227,8 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
     adds = [n for n in native.graph.node if n.op_type == "Add"]
     assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
     assert ops["FastGelu"] == 0  # folded into the MLP's first Q8MatMul
+    norms = Counter(n.op_type for n in inplace.graph.node)["SkipLayerNormalization"]
+    assert ops["SkipNorm"] == norms > 0 and ops["SkipLayerNormalization"] == 0
     checked = Counter(p["graph"] for p in manifest.parity["prompts"])
     assert checked["native"] == checked["inplace"] > 0
     assert manifest.inplace["native_file"] in manifest.export["files"]
