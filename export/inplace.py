@@ -44,6 +44,7 @@ def write(folder: Path, model: onnx.ModelProto, model_file: str = "model.onnx") 
         onnx.save_model(model, str(folder / native.FILE))
         entry["native_file"] = native.FILE
         entry["native_kv_dtype"] = native.KV_DTYPE
+        entry["native_kv_layout"] = native.KV_LAYOUT
     return entry
 
 

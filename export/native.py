@@ -18,6 +18,9 @@ OP = "Q8MatMul"
 ATTENTION = "CachedAttention"
 NORM = "SkipNorm"
 KV_DTYPE = "float16"  # the native graph's cache tensors (manifest inplace.native_kv_dtype)
+# ... laid out [B, L, H, D] (manifest inplace.native_kv_layout): a row's positions stay together,
+# so a step's cache reads are one stream per row instead of one per (row, head)
+KV_LAYOUT = "BLHD"
 _BLOCKS = {8: 64, 4: 32}  # the kernel's block for each width of code
 
 
@@ -34,7 +37,8 @@ def swap_kernels(model: onnx.ModelProto) -> int:
 
 def _swap_attention(graph: onnx.GraphProto) -> int:
     """GroupQueryAttention → CachedAttention (same inputs, outputs and attributes), and the cache
-    tensors they read and write (graph inputs and outputs) become float16. → how many."""
+    tensors they read and write (graph inputs and outputs) become float16 [B, L, H, D]. → how
+    many."""
     cache, swapped = set(), 0
     for position, node in enumerate(list(graph.node)):
         if node.op_type != "GroupQueryAttention":
@@ -52,6 +56,7 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
             num_heads=attrs["num_heads"],
             scale=float(attrs.get("scale", 0.0)),
             local_window_size=attrs.get("local_window_size", -1),
+            kv_layout=1,  # KV_LAYOUT
         )
         graph.node.remove(node)
         graph.node.insert(position, cached)
@@ -59,6 +64,12 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
     for value in [*graph.input, *graph.output]:
         if value.name in cache:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+            dims = value.type.tensor_type.shape.dim  # [B, H, L, D] → [B, L, H, D]
+            heads, positions = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
+            heads.CopyFrom(dims[1])
+            positions.CopyFrom(dims[2])
+            dims[1].CopyFrom(positions)
+            dims[2].CopyFrom(heads)
     return swapped
 
 

@@ -22,7 +22,7 @@ TARGET void attn_store(const attn_args *a, int64_t b, int64_t h) {
     for (int64_t t = 0; t < a->T; t++) {
         const float *k = a->k + (b * a->T + t) * a->kv_stride + h * a->D;
         const float *v = a->v + (b * a->T + t) * a->kv_stride + h * a->D;
-        int64_t at = ((b * a->H + h) * a->L + first + t) * a->D;
+        int64_t at = b * a->H * a->L * a->D + h * a->head_stride + (first + t) * a->pos_stride;
         for (int64_t d = 0; d < a->D; d += 16) {
             __mmask16 m = lanes(a->D - d);
             const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -59,7 +59,7 @@ INLINE TARGET __m512 dot(const int C, const __m512 *q, const uint16_t *key, __mm
 INLINE TARGET void one_query(const int C, const attn_args *a, const float *q,
                              const uint16_t *keys, const uint16_t *values, int64_t lo, int64_t hi,
                              float *scores, float *out) {
-    const int64_t D = a->D;
+    const int64_t D = a->D, P = a->pos_stride;
     const __mmask16 tail = lanes(D - 16 * (C - 1));
     __m512 qv[ATTN_MAX_HEAD / 16];
     for (int c = 0; c < C; c++) qv[c] = _mm512_maskz_loadu_ps(c == C - 1 ? tail : 0xFFFF, q + 16 * c);
@@ -67,12 +67,12 @@ INLINE TARGET void one_query(const int C, const attn_args *a, const float *q,
     const __m128 scale4 = _mm_set1_ps(a->scale);
     int64_t j = 0;
     for (; j + 4 <= n; j += 4) {
-        const uint16_t *key = keys + (lo + j) * D;
-        __m128 four = sum4(dot(C, qv, key, tail), dot(C, qv, key + D, tail),
-                           dot(C, qv, key + 2 * D, tail), dot(C, qv, key + 3 * D, tail));
+        const uint16_t *key = keys + (lo + j) * P;
+        __m128 four = sum4(dot(C, qv, key, tail), dot(C, qv, key + P, tail),
+                           dot(C, qv, key + 2 * P, tail), dot(C, qv, key + 3 * P, tail));
         _mm_storeu_ps(scores + j, _mm_mul_ps(four, scale4));
     }
-    for (; j < n; j++) scores[j] = _mm512_reduce_add_ps(dot(C, qv, keys + (lo + j) * D, tail)) * a->scale;
+    for (; j < n; j++) scores[j] = _mm512_reduce_add_ps(dot(C, qv, keys + (lo + j) * P, tail)) * a->scale;
     __m512 top = _mm512_set1_ps(-INFINITY);
     for (j = 0; j < n; j += 16) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, lanes(n - j), scores + j));
     const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
@@ -88,16 +88,16 @@ INLINE TARGET void one_query(const int C, const attn_args *a, const float *q,
     __m512 even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16]; /* two chains: half the latency */
     for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
     for (j = 0; j + 2 <= n; j += 2) {
-        const uint16_t *value = values + (lo + j) * D;
+        const uint16_t *value = values + (lo + j) * P;
         __m512 w0 = _mm512_set1_ps(scores[j]), w1 = _mm512_set1_ps(scores[j + 1]);
         for (int c = 0; c < C; c++) {
             __mmask16 m = c == C - 1 ? tail : 0xFFFF;
             even[c] = _mm512_fmadd_ps(w0, load_half(value + 16 * c, m), even[c]);
-            odd[c] = _mm512_fmadd_ps(w1, load_half(value + D + 16 * c, m), odd[c]);
+            odd[c] = _mm512_fmadd_ps(w1, load_half(value + P + 16 * c, m), odd[c]);
         }
     }
     if (j < n) {
-        const uint16_t *value = values + (lo + j) * D;
+        const uint16_t *value = values + (lo + j) * P;
         __m512 w = _mm512_set1_ps(scores[j]);
         for (int c = 0; c < C; c++)
             even[c] = _mm512_fmadd_ps(w, load_half(value + 16 * c, c == C - 1 ? tail : 0xFFFF), even[c]);
@@ -107,16 +107,27 @@ INLINE TARGET void one_query(const int C, const attn_args *a, const float *q,
                               _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inverse));
 }
 
-/* one_query with its chunk count a compile-time constant, so q and the sums stay in registers */
-static TARGET void query(const attn_args *a, const float *q, const uint16_t *keys,
-                         const uint16_t *values, int64_t lo, int64_t hi, float *scores,
-                         float *out) {
-    switch ((a->D + 15) / 16) {
-#define CASE(C) case C: one_query(C, a, q, keys, values, lo, hi, scores, out); break;
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-        CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
-#undef CASE
+/* one_query with its chunk count a compile-time constant, so q and the sums stay in registers:
+ * one function per count (in one function, the compiler keeps some counts' sums on the stack) */
+#define QUERY_C(C)                                                                              \
+    static TARGET __attribute__((noinline)) void query_##C(                                    \
+        const attn_args *a, const float *q, const uint16_t *keys, const uint16_t *values,      \
+        int64_t lo, int64_t hi, float *scores, float *out) {                                   \
+        one_query(C, a, q, keys, values, lo, hi, scores, out);                                 \
     }
+QUERY_C(1) QUERY_C(2) QUERY_C(3) QUERY_C(4) QUERY_C(5) QUERY_C(6) QUERY_C(7) QUERY_C(8)
+QUERY_C(9) QUERY_C(10) QUERY_C(11) QUERY_C(12) QUERY_C(13) QUERY_C(14) QUERY_C(15) QUERY_C(16)
+#undef QUERY_C
+
+typedef void (*query_fn)(const attn_args *, const float *, const uint16_t *, const uint16_t *,
+                         int64_t, int64_t, float *, float *);
+static const query_fn queries[16] = {query_1,  query_2,  query_3,  query_4,  query_5,  query_6,
+                                     query_7,  query_8,  query_9,  query_10, query_11, query_12,
+                                     query_13, query_14, query_15, query_16};
+
+static void query(const attn_args *a, const float *q, const uint16_t *keys,
+                  const uint16_t *values, int64_t lo, int64_t hi, float *scores, float *out) {
+    queries[(a->D + 15) / 16 - 1](a, q, keys, values, lo, hi, scores, out);
 }
 
 /* the positions new token t of row b sees: [*lo, returned] */
@@ -127,8 +138,8 @@ static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
 }
 
 TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
-    const uint16_t *keys = a->kc + (b * a->H + h) * a->L * a->D;
-    const uint16_t *values = a->vc + (b * a->H + h) * a->L * a->D;
+    const int64_t slab = b * a->H * a->L * a->D + h * a->head_stride; /* position 0 of (b, h) */
+    const uint16_t *keys = a->kc + slab, *values = a->vc + slab;
     int64_t first = a->last[b] - a->T + 1;
     float stack[STACK_SCORES];
     float *scores = stack;

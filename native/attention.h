@@ -1,5 +1,6 @@
 /* Causal attention over a half-precision KV cache that stays in place: each row's cache is a
- * [H, L, D] slab of float16 (L positions preallocated), new tokens' keys and values are appended
+ * [H, L, D] or [L, H, D] slab of float16 (L positions preallocated; the second keeps a row's
+ * positions together, one stream for all its heads), new tokens' keys and values are appended
  * into it, and every query attends to its row's cached keys up to its own position (within a
  * local window where one is set). Scores, softmax and sums are float32; only the cache is half
  * width, which halves what a decode step late in a long context reads. Each query is computed
@@ -17,7 +18,8 @@ typedef struct {
     const float *k, *v;   /* [B, T, kv_stride] new keys and values (may point into q's rows) */
     int64_t q_stride, kv_stride;
     int64_t B, T, H, D, L; /* rows, new tokens per row, heads, head size, cache positions */
-    uint16_t *kc, *vc;    /* caches [B, H, L, D] float16 */
+    uint16_t *kc, *vc;    /* caches [B, H, L, D] or [B, L, H, D] float16 */
+    int64_t head_stride, pos_stride; /* elements from one head, one position to the next */
     const int32_t *last;  /* [B] each row's last position after this run (its length − 1) */
     float scale;          /* score = scale × q·k */
     int64_t window;       /* > 0: a query sees the `window` positions ending at its own */

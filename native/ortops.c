@@ -271,14 +271,14 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
 
 /* ---- CachedAttention(query, key?, value?, past_key, past_value, seqlens_k, total_length) ->
  * (output, present_key, present_value): GroupQueryAttention's interface (kv heads = heads; key
- * and value omitted: query is packed [q | k | v]) over float16 caches [B, H, L, D] that the
- * caller binds as both past and present, attention.c's math. Attributes num_heads, scale (0:
- * 1/sqrt(D)), local_window_size (−1: none; else a query sees that many positions, its own
- * included). */
+ * and value omitted: query is packed [q | k | v]) over float16 caches that the caller binds as
+ * both past and present, attention.c's math. Attributes num_heads, scale (0: 1/sqrt(D)),
+ * local_window_size (−1: none; else a query sees that many positions, its own included) and
+ * optional kv_layout (0, the default: caches [B, H, L, D]; 1: [B, L, H, D]). */
 
 typedef struct {
     const OrtApi *api;
-    int64_t heads, window;
+    int64_t heads, window, layout; /* layout 1: caches [B, L, H, D] */
     float scale;
 } Attention;
 
@@ -296,8 +296,11 @@ static OrtStatus *create_attention(const OrtCustomOp *op, const OrtApi *api,
                                                                   &kernel->window);
     if (!status)
         status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_FLOAT, GetFloat)(info, "scale", &kernel->scale);
+    kernel->layout = optional_int(api, info, "kv_layout", 0);
     if (!status && kernel->heads < 1)
         status = fail(api, "CachedAttention: num_heads must be positive");
+    if (!status && kernel->layout != 0 && kernel->layout != 1)
+        status = fail(api, "CachedAttention: kv_layout must be 0 ([B, H, L, D]) or 1 ([B, L, H, D])");
     if (status) {
         free(kernel);
         return status;
@@ -361,13 +364,15 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     if (in[1] && (kr != nr || memcmp(kd, nd, sizeof(int64_t) * kr)))
         return fail(api, "CachedAttention: key and value differ in shape");
     if (qr != 3 || pr != 4 || vr != 4 || sr != 1)
-        return fail(api, "CachedAttention: query must be [B, T, W], caches [B, H, L, D], "
-                         "seqlens_k [B]");
-    int64_t B = qd[0], T = qd[1], H = kernel->heads, L = pd[2], D = pd[3];
+        return fail(api, "CachedAttention: query must be [B, T, W], caches 4-D, seqlens_k [B]");
+    int64_t blhd = kernel->layout == 1; /* the cache dims' order */
+    int64_t B = qd[0], T = qd[1], H = kernel->heads, L = pd[blhd ? 1 : 2], D = pd[3];
     int64_t width = H * D, packed = !in[1];
-    if (pd[0] != B || pd[1] != H || memcmp(pd, vd, sizeof(int64_t) * 4) || sd[0] != B)
-        return fail(api, "CachedAttention: the caches are not [B, num_heads, L, D] for the query's "
-                         "B, or seqlens_k is not [B]");
+    if (pd[0] != B || pd[blhd ? 2 : 1] != H || memcmp(pd, vd, sizeof(int64_t) * 4) || sd[0] != B)
+        return fail(api, blhd ? "CachedAttention: the caches are not [B, L, num_heads, D] for the "
+                                "query's B, or seqlens_k is not [B]"
+                              : "CachedAttention: the caches are not [B, num_heads, L, D] for the "
+                                "query's B, or seqlens_k is not [B]");
     if (D < 1 || D > ATTN_MAX_HEAD)
         return fail(api, "CachedAttention: the caches' head size must be 1 to 256");
     if (qd[2] != (packed ? 3 * width : width) ||
@@ -401,6 +406,8 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     a->kv_stride = packed ? 3 * width : width;
     a->B = B, a->T = T, a->H = H, a->D = D, a->L = L;
     a->kc = kc, a->vc = vc, a->last = last, a->out = out;
+    a->head_stride = blhd ? D : L * D;
+    a->pos_stride = blhd ? H * D : D;
     a->scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)D);
     a->window = kernel->window;
     work.blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;

@@ -376,7 +376,7 @@ class SlotCache(DecodeState):
         binding = self.model.session.io_binding()
         binding.bind_output(output, "cpu")
         for past, present, buffer in zip(self._past, self._present, self._buffers, strict=True):
-            shared = self._ortvalue(buffer[rows])
+            shared = self._ortvalue(self._layout(buffer[rows]))
             binding.bind_ortvalue_input(past, shared)
             binding.bind_ortvalue_output(present, shared)
         self._bound = (key, self._buffers, binding)
@@ -394,8 +394,17 @@ class SlotCache(DecodeState):
         self._buffers = grown
 
     def _zeros(self, slots: int) -> np.ndarray:
+        """A [slots, H, max_positions, D] view: of a [slots, max_positions, H, D] array where
+        the graph's caches are laid out so (the copies here index heads, then positions)."""
         m = self.manifest
+        if self.model.kv_positions_first:
+            shape = (slots, m.max_positions, m.num_heads, m.head_dim)
+            return _lazy_zeros(shape, self.model.kv_dtype).transpose(0, 2, 1, 3)
         return _lazy_zeros((slots, m.num_heads, m.max_positions, m.head_dim), self.model.kv_dtype)
+
+    def _layout(self, rows: np.ndarray) -> np.ndarray:
+        """The graph's own (contiguous) layout of buffer rows `_zeros` made."""
+        return rows.transpose(0, 2, 1, 3) if self.model.kv_positions_first else rows
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: str) -> np.ndarray:

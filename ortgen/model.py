@@ -57,6 +57,12 @@ class Model:
         return self.manifest.kv_dtype
 
     @property
+    def kv_positions_first(self) -> bool:
+        """Whether this graph's cache tensors are [B, L, H, D] (the native graph's, from exports
+        that say so) rather than [B, H, L, D]."""
+        return self.graph == "native" and self.manifest.inplace.get("native_kv_layout") == "BLHD"
+
+    @property
     def slots(self) -> bool:
         """Whether the graph keeps its KV cache in preallocated buffers (in-place and native)."""
         return self.graph != "portable"

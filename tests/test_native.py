@@ -212,7 +212,11 @@ def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path)
 # ---- ortgen.CachedAttention: GroupQueryAttention's interface over an in-place float16 cache ----
 
 
-def attention_session(heads: int, packed: bool, window: int = -1, scale: float = 0.0):
+def attention_session(
+    heads: int, packed: bool, window: int = -1, scale: float = 0.0, layout: int = 0
+):
+    """layout 0: caches [B, H, L, D]; 1: [B, L, H, D] (the tests hold them as [B, H, L, D]
+    views either way, see random_caches)."""
     new = ["qkv", "", ""] if packed else ["q", "k", "v"]
     node = helper.make_node(
         "CachedAttention",
@@ -222,6 +226,7 @@ def attention_session(heads: int, packed: bool, window: int = -1, scale: float =
         num_heads=heads,
         scale=scale,
         local_window_size=window,
+        **({"kv_layout": layout} if layout else {}),
     )
     tensor = helper.make_tensor_value_info
     inputs = [tensor(n, TensorProto.FLOAT, None) for n in (["qkv"] if packed else ["q", "k", "v"])]
@@ -229,7 +234,14 @@ def attention_session(heads: int, packed: bool, window: int = -1, scale: float =
     inputs += [tensor(n, TensorProto.INT32, None) for n in ("seqlens_k", "total")]
     outputs = [tensor("out", TensorProto.FLOAT, None)]
     outputs += [tensor(n, TensorProto.FLOAT16, None) for n in ("present_key", "present_value")]
-    return native_session(helper.make_graph([node], "attention", inputs, outputs))
+    session = native_session(helper.make_graph([node], "attention", inputs, outputs))
+    session.kv_layout = layout
+    return session
+
+
+def stored(cache: np.ndarray, layout: int) -> np.ndarray:
+    """The session's own layout of a [B, H, L, D] cache (view): contiguous either way."""
+    return cache.transpose(0, 2, 1, 3) if layout else cache
 
 
 def attend(session, qkv, caches, last, packed=True, in_place=True):
@@ -248,7 +260,9 @@ def attend(session, qkv, caches, last, packed=True, in_place=True):
     binding.bind_cpu_input("seqlens_k", np.asarray(last, np.int32))
     binding.bind_cpu_input("total", np.array(max(last) + 1, np.int32))
     for name, cache in zip(("key", "value"), caches, strict=True):
-        value = ort.OrtValue.ortvalue_from_numpy(cache)
+        own = stored(cache, session.kv_layout)
+        assert own.flags.c_contiguous  # else onnxruntime would write into a copy
+        value = ort.OrtValue.ortvalue_from_numpy(own)
         binding.bind_ortvalue_input(f"past_{name}", value)
         if in_place:
             binding.bind_ortvalue_output(f"present_{name}", value)
@@ -257,7 +271,8 @@ def attend(session, qkv, caches, last, packed=True, in_place=True):
     session.run_with_iobinding(binding)
     outputs = [o.numpy() for o in binding.get_outputs()]
     if not in_place:
-        caches[0][...], caches[1][...] = outputs[1], outputs[2]
+        for cache, present in zip(caches, outputs[1:], strict=True):
+            stored(cache, session.kv_layout)[...] = present
     return outputs[0]
 
 
@@ -278,8 +293,10 @@ def attention_reference(qkv, caches, last, window, scale):
     return out
 
 
-def random_caches(rng, rows, heads, positions, size, filled):
-    caches = [np.zeros((rows, heads, positions, size), np.float16) for _ in range(2)]
+def random_caches(rng, rows, heads, positions, size, filled, layout=0):
+    """[B, H, L, D] views of float16 caches in `layout`, rows filled up to `filled`"""
+    shape = (rows, positions, heads, size) if layout else (rows, heads, positions, size)
+    caches = [stored(np.zeros(shape, np.float16), layout) for _ in range(2)]
     for cache in caches:
         for b in range(rows):
             cache[b, :, : filled[b]] = rng.normal(size=(heads, filled[b], size))
@@ -296,16 +313,18 @@ def random_caches(rng, rows, heads, positions, size, filled):
         (1, 128, 2, 3, -1, 0.3, True),  # a part of a prompt on top of cached tokens
     ],
 )
+@pytest.mark.parametrize("layout", [0, 1])
 def test_cached_attention_computes_attention_over_its_half_precision_cache(
-    heads, size, rows, tokens, window, scale, packed
+    heads, size, rows, tokens, window, scale, packed, layout
 ):
     rng = np.random.default_rng(heads * size + tokens)
     filled = rng.integers(0, 30, rows)
-    caches = random_caches(rng, rows, heads, 64, size, filled)
+    caches = random_caches(rng, rows, heads, 64, size, filled, layout)
     before = [c.copy() for c in caches]
     qkv = (rng.normal(size=(rows, tokens, 3 * heads * size)) * 2).astype(np.float32)
     last = filled + tokens - 1
-    out = attend(attention_session(heads, packed, window, scale), qkv, caches, last, packed)
+    session = attention_session(heads, packed, window, scale, layout)
+    out = attend(session, qkv, caches, last, packed)
     width = heads * size
     for b in range(rows):
         new = slice(filled[b], filled[b] + tokens)
@@ -319,26 +338,42 @@ def test_cached_attention_computes_attention_over_its_half_precision_cache(
     assert np.abs(out - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("window", [-1, 6])
-def test_cached_attention_gives_a_token_the_same_bits_however_it_is_run(window):
+def test_cached_attention_gives_a_token_the_same_bits_however_it_is_run(window, layout):
     """A prompt run whole, in parts, or one token at a time, alone or beside other rows of
-    other lengths: every token's output is the same bits (each query is computed alone)."""
+    other lengths: every token's output is the same bits (each query is computed alone), in
+    either cache layout."""
     heads, size, tokens = 3, 64, 41
     rng = np.random.default_rng(5)
-    session = attention_session(heads, packed=True, window=window)
+    session = attention_session(heads, packed=True, window=window, layout=layout)
     qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
-    empty = lambda: random_caches(rng, 1, heads, 64, size, [0])  # noqa: E731
+    empty = lambda rows=1: random_caches(rng, rows, heads, 64, size, [0] * rows, layout)  # noqa: E731
     whole = attend(session, qkv, empty(), [tokens - 1])[0]
+    if layout:
+        assert np.array_equal(
+            whole,
+            attend(
+                attention_session(heads, True, window),
+                qkv,
+                random_caches(rng, 1, heads, 64, size, [0]),
+                [tokens - 1],
+            )[0],
+        )
     caches, parts = empty(), []
     for start, end in [(0, 16), (16, 17), (17, 40), (40, 41)]:
         parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
     assert np.array_equal(np.concatenate(parts), whole)
     other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
-    pair = [np.concatenate([a, b]) for a, b in zip(empty(), empty(), strict=True)]
+    pair = empty(2)
     for t in range(tokens):  # row 0 this prompt token by token, row 1 another, 7 tokens ahead
         rows = np.concatenate([qkv[:, t : t + 1], other[:, t : t + 1]])
         if t == 0:
-            attend(session, other[:, :7], [c[1:2] for c in pair], [6])  # doesn't touch row 0
+            # row 1 alone, contiguous in the session's layout
+            row1 = [stored(np.ascontiguousarray(stored(c[1:2], layout)), layout) for c in pair]
+            attend(session, other[:, :7], row1, [6])
+            for cache, part in zip(pair, row1, strict=True):
+                cache[1:2] = part
         stepped = attend(session, rows, pair, [t, min(t + 7, 63)])
         assert np.array_equal(stepped[0, 0], whole[t]), t
 

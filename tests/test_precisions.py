@@ -223,6 +223,9 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
     }
     assert widths == {bits}
     assert ops["CachedAttention"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
+    assert manifest.inplace["native_kv_layout"] == "BLHD"  # caches [B, L, H, D]
+    caches = [v for v in native.graph.input if v.name.startswith("past_key_values")]
+    assert {v.type.tensor_type.shape.dim[2].dim_value for v in caches} == {manifest.num_heads}
     made_by = {out: n.op_type for n in native.graph.node for out in n.output}
     adds = [n for n in native.graph.node if n.op_type == "Add"]
     assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
