@@ -267,6 +267,51 @@ def test_the_session_keeps_one_copy_of_the_tied_table(
     assert any(n.op_type == "Reshape" and n.input[0] == tables[0].name for n in graph.node)
 
 
+@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
+def test_a_native_folder_from_before_the_positions_first_cache_runs_alike(
+    arch, quantized, tmp_path
+):
+    """Folders exported before the [B, L, H, D] cache: CachedAttention without kv_layout over
+    [B, H, L, D] caches, no native_kv_layout in the manifest. The runtime still runs their native
+    graph, with the same numbers (only where the cache bytes sit differs)."""
+    import json
+    import shutil
+
+    from ortgen.decode_state import DecodeState
+
+    new = quantized[(arch, "int8")]
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    manifest = json.loads((old / "ortgen.json").read_text())
+    del manifest["inplace"]["native_kv_layout"]
+    (old / "ortgen.json").write_text(json.dumps(manifest))
+    path = old / manifest["inplace"]["native_file"]
+    graph = onnx.load(str(path), load_external_data=False)  # weights stay in model.onnx
+    for node in graph.graph.node:
+        kept = [a for a in node.attribute if a.name != "kv_layout"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    for value in [*graph.graph.input, *graph.graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            dims = value.type.tensor_type.shape.dim  # [B, L, H, D] → [B, H, L, D]
+            heads, positions = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
+            heads.CopyFrom(dims[2])
+            positions.CopyFrom(dims[1])
+            dims[1].CopyFrom(heads)
+            dims[2].CopyFrom(positions)
+    onnx.save(graph, str(path))
+    runs = {}
+    for folder in (new, old):
+        generator = Generator.from_dir(folder)
+        assert generator.model.graph == "native"
+        state = DecodeState.for_model(generator.model)
+        logits = [state.prefill([[5, 9, 2, 7, 1, 3], [4, 8]])]
+        logits += [state.step(np.array([11, 12])) for _ in range(3)]
+        runs[folder] = logits
+    assert not Generator.from_dir(old).model.kv_positions_first
+    assert all(np.array_equal(a, b) for a, b in zip(runs[new], runs[old], strict=True))
+
+
 def test_native_graph_is_for_quantized_folders_and_can_be_switched_off(
     arch, quantized, exported, monkeypatch
 ):
