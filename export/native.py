@@ -64,13 +64,18 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
     for value in [*graph.input, *graph.output]:
         if value.name in cache:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-            dims = value.type.tensor_type.shape.dim  # [B, H, L, D] → [B, L, H, D]
-            heads, positions = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
-            heads.CopyFrom(dims[1])
-            positions.CopyFrom(dims[2])
-            dims[1].CopyFrom(positions)
-            dims[2].CopyFrom(heads)
+            swap_heads_and_positions(value)  # [B, H, L, D] → [B, L, H, D]
     return swapped
+
+
+def swap_heads_and_positions(value: onnx.ValueInfoProto) -> None:
+    """A cache tensor's declared dims 1 and 2 trade places: [B, H, L, D] ⇄ [B, L, H, D]."""
+    dims = value.type.tensor_type.shape.dim
+    first, second = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
+    first.CopyFrom(dims[1])
+    second.CopyFrom(dims[2])
+    dims[1].CopyFrom(second)
+    dims[2].CopyFrom(first)
 
 
 def _swap_norms(graph: onnx.GraphProto) -> int:

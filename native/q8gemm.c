@@ -35,9 +35,25 @@ q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
     return rows;
 }
 
+/* A block's V × 16 activations from x (`left` of them valid, the rest read as 0) into v → their
+ * largest magnitude; NaN where any is NaN (max drops NaNs: a NaN input gets a NaN scale instead,
+ * so the row's outputs are NaN) */
+INLINE TARGET float block_amax(const int V, const float *x, int64_t left, __m512 *v) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 top = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int i = 0; i < V; i++) {
+        int64_t n = left - 16 * i;
+        __mmask16 mask = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+        v[i] = _mm512_maskz_loadu_ps(mask, x + 16 * i);
+        top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v[i]));
+        nan |= _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q);
+    }
+    return nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
+}
+
 TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1,
                         q8_rows rows) {
-    const __m512 sign = _mm512_set1_ps(-0.0f);
     const __m512i zero = _mm512_setzero_si512();
     const __m512i u128 = _mm512_set1_epi8((char)0x80);
     for (int64_t m = m0; m < m1; m++) {
@@ -45,17 +61,7 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             const float *x = A + m * K + b * Q8_BLOCK;
             int64_t left = K - b * Q8_BLOCK; /* valid values in this block, ≥ 1 */
             __m512 v[4];
-            __m512 top = _mm512_setzero_ps();
-            __mmask16 nan = 0;
-            for (int i = 0; i < 4; i++) {
-                int64_t n = left - 16 * i;
-                __mmask16 mask = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-                v[i] = _mm512_maskz_loadu_ps(mask, x + 16 * i);
-                top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v[i]));
-                nan |= _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q);
-            }
-            /* max drops NaNs: a NaN input gets a NaN scale instead, so the row's outputs are NaN */
-            float amax = nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
+            float amax = block_amax(4, x, left, v);
             float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* false for NaN: codes 0 */
             int64_t at = m * KB + b;
             int8_t *codes = rows.codes + at * Q8_BLOCK;
@@ -277,7 +283,6 @@ INLINE TARGET float sum16_lanes(__m512 v) {
 
 TARGET void q4_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1,
                         q8_rows rows) {
-    const __m512 sign = _mm512_set1_ps(-0.0f);
     const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     const __m256i eight = _mm256_set1_epi8(8);
@@ -297,16 +302,7 @@ TARGET void q4_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             const float *x = A + m * K + b * Q4_BLOCK;
             int64_t left = K - b * Q4_BLOCK; /* valid values in this block, ≥ 1 */
             __m512 v[2];
-            __m512 top = _mm512_setzero_ps();
-            __mmask16 nan = 0;
-            for (int i = 0; i < 2; i++) {
-                int64_t n = left - 16 * i;
-                __mmask16 mask = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-                v[i] = _mm512_maskz_loadu_ps(mask, x + 16 * i);
-                top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v[i]));
-                nan |= _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q);
-            }
-            float amax = nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
+            float amax = block_amax(2, x, left, v);
             float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
             __m512 scale = _mm512_set1_ps(inv);
             __m128i c0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v[0], scale)));

@@ -267,15 +267,16 @@ class SlotCache(DecodeState):
         first, every = self._first_output(hidden), all_logits or hidden
         out = []
         for prompt in prompts:  # alone: a row's numbers never depend on the others
-            if every:
-                result = self._feed(prompt, 0, len(prompt), all_logits, first)[0]
-                out.append(result.astype(np.float32, copy=False))
-            else:  # in parts: a long prompt's activations stay small, the numbers are the same
-                start = 0
-                while start < len(prompt):
-                    end = part_end(len(prompt), start, PREFILL_PART)
-                    result, start = self._feed(prompt, start, end)[0, -1], end
+            if not every:  # in parts: a long prompt's activations stay small, the same numbers
+                result = None
+                while result is None:
+                    result = self.prefill_part(
+                        prompt, part_end(len(prompt), self._cached, PREFILL_PART)
+                    )
                 out.append(result)
+                continue
+            result = self._feed(prompt, 0, len(prompt), all_logits, first)[0]
+            out.append(result.astype(np.float32, copy=False))
             self._lengths = np.append(self._lengths, np.int32(len(prompt)))
         return _stack_left_padded(out) if every else np.stack(out)
 

@@ -278,6 +278,7 @@ def test_a_native_folder_from_before_the_positions_first_cache_runs_alike(
     import shutil
 
     from ortgen.decode_state import DecodeState
+    from ortgen_export.native import swap_heads_and_positions
 
     new = quantized[(arch, "int8")]
     old = tmp_path / "old"
@@ -293,12 +294,7 @@ def test_a_native_folder_from_before_the_positions_first_cache_runs_alike(
         node.attribute.extend(kept)
     for value in [*graph.graph.input, *graph.graph.output]:
         if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            dims = value.type.tensor_type.shape.dim  # [B, L, H, D] → [B, H, L, D]
-            heads, positions = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
-            heads.CopyFrom(dims[2])
-            positions.CopyFrom(dims[1])
-            dims[1].CopyFrom(heads)
-            dims[2].CopyFrom(positions)
+            swap_heads_and_positions(value)  # [B, L, H, D] → [B, H, L, D]
     onnx.save(graph, str(path))
     runs = {}
     for folder in (new, old):
