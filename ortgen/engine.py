@@ -296,20 +296,26 @@ class AsyncEngine:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._mail: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
+        self._mail_lock = threading.Lock()
 
     def submit(self, prompt: str | list[int], **options: Any) -> Request:
         """As `Engine.submit`; iterate the request with `async for`."""
-        loop = asyncio.get_running_loop()
+        mailbox = self._mailbox(asyncio.get_running_loop())
         inbox: asyncio.Queue = asyncio.Queue()
 
         def deliver(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
+            if not mailbox.post(inbox, item):  # the loop is closed: nobody is listening
                 request.cancel()
 
         request = self.engine._enqueue(prompt, options, inbox, deliver)
         return request
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        with self._mail_lock:
+            for closed in [other for other in self._mail if other.is_closed()]:
+                del self._mail[closed]
+            return self._mail.setdefault(loop, _Mailbox(loop))
 
     async def generate(self, prompt: str | list[int], **options: Any) -> Completion:
         request = self.submit(prompt, **options)
@@ -322,3 +328,34 @@ class AsyncEngine:
         async for piece in request:
             if piece.text:
                 yield piece.text
+
+
+class _Mailbox:
+    """Pieces from the worker to one event loop's request inboxes. A decode step delivers a
+    piece to every row's caller: they travel together, one wake-up of the loop per step (not
+    one per row), in the order they were posted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue, Any]] = []
+
+    def post(self, inbox: asyncio.Queue, item: Any) -> bool:
+        """Queue `item` for `inbox`; False when the loop is closed (it will never arrive)."""
+        if self.loop.is_closed():
+            return False
+        with self._lock:
+            self._items.append((inbox, item))
+            first = len(self._items) == 1
+        if first:  # later posts ride along until the loop runs the flush
+            try:
+                self.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # closed meanwhile
+                return False
+        return True
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for inbox, item in items:
+            inbox.put_nowait(item)

@@ -309,3 +309,45 @@ def test_asyncio_api_matches_and_task_cancel_frees_the_row(long_generator):
         assert gauge(engine, "ortgen_batch_rows") == 0
     finally:
         engine.close()
+
+
+def test_asyncio_streams_of_one_loop_get_every_piece_in_order(long_generator):
+    """Eight streams in one event loop: each step's pieces reach the loop together (one wake-up);
+    every stream still gets its own text, whole and in order."""
+    generator = long_generator
+    prompts = [f"The lighthouse keeper {i}" for i in range(8)]
+    want = [generator.generate(p, max_new_tokens=12, do_sample=False) for p in prompts]
+    engine = Engine(generator, EngineLimits(max_batch=8))
+
+    async def collect(prompt: str) -> str:
+        pieces = [p async for p in engine.aio.stream(prompt, max_new_tokens=12, do_sample=False)]
+        return "".join(pieces)
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(collect(p) for p in prompts))
+
+    try:
+        assert asyncio.run(main()) == want
+        assert rows_seen(engine) >= 4
+    finally:
+        engine.close()
+
+
+def test_requests_of_a_closed_event_loop_are_cancelled_and_a_new_loop_is_served(long_generator):
+    generator = long_generator
+    prompt = "The lighthouse keeper"
+    engine = Engine(generator, EngineLimits(max_batch=4))
+
+    async def leave() -> None:  # submit and return: the loop closes while the request runs
+        engine.aio.submit(prompt, **LONG)
+
+    async def again() -> str:
+        return (await engine.aio.generate(prompt, max_new_tokens=8, do_sample=False)).text
+
+    try:
+        asyncio.run(leave())
+        wait_for(lambda: outcomes(engine, "cancelled") == 1, "the orphaned request to be cancelled")
+        wait_for(lambda: gauge(engine, "ortgen_batch_rows") == 0, "its row to be freed")
+        assert asyncio.run(again()) == generator.generate(prompt, max_new_tokens=8, do_sample=False)
+    finally:
+        engine.close()
