@@ -169,10 +169,8 @@ class Engine:
                 self._running.append(request)  # before the prefill: a failure reaches it
                 prompts.extend((request, s) for s in request.sequences)
             joined, first = self._prefill(state, prompts, decoding=len(rows))
-            if joined:
-                logits = np.concatenate([logits, first])
-                rows += joined
-            tokens = self._advance(rows, logits)
+            tokens = self._advance(rows, logits) + first
+            rows += joined
             going = [r for r, (req, seq) in enumerate(rows) if _alive(req, seq)]
             if len(going) < len(rows):
                 state.keep(going)
@@ -192,7 +190,8 @@ class Engine:
         steps and the running streams' inter-token latency stays steady. Otherwise every
         queued prompt at once: the few rows it stalls once lose less than the many prompts
         that chunking would delay step after step (a burst). A cancelled request's prompts
-        leave at once. → (rows that joined, their logits [n, V] or None)."""
+        leave at once. A row that joins chooses its first token at once: its caller hears of it
+        before the next prompt is cached. → (rows that joined, their first tokens)."""
         for request in {r for r, _ in prompts if r.cancelled or _expired(r)}:
             self._drop_prompts(state, prompts, request)
         chunk = state.chunked and decoding >= len(prompts)
@@ -212,10 +211,10 @@ class Engine:
             if out is not None:
                 prompts.popleft()
                 joined.append((request, sequence))
-                first.append(out)
+                first += self._advance([(request, sequence)], out[None])
         pending = sum(len(sequence.prompt) for _, sequence in prompts) - state.cached
         self.metrics.prefill_tokens.set(pending)
-        return joined, np.stack(first) if first else None
+        return joined, first
 
     def _drop_prompts(self, state: DecodeState, prompts: collections.deque, request) -> None:
         """A cancelled (or timed-out) request's prompts leave the queue, a part-cached one too

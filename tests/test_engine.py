@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ortgen import Generator
+from ortgen.decode_state import DecodeState
 from ortgen.engine import Engine, EngineLimits
 from ortgen.errors import OverloadedError, RequestCancelledError, RequestTimeoutError
 
@@ -351,3 +352,31 @@ def test_requests_of_a_closed_event_loop_are_cancelled_and_a_new_loop_is_served(
         assert asyncio.run(again()) == generator.generate(prompt, max_new_tokens=8, do_sample=False)
     finally:
         engine.close()
+
+
+def test_a_burst_hears_each_first_token_as_soon_as_its_prompt_is_cached(
+    long_generator, monkeypatch
+):
+    """Four requests arriving together: each row chooses its first token right after its own
+    prompt is cached, not after all four (time to first token of the first ≈ one prompt's)."""
+    generator = long_generator
+    prompts = [f"The lighthouse keeper {i}" for i in range(4)]
+    want = [generator.generate(p, max_new_tokens=3, do_sample=False) for p in prompts]
+    state_class = type(DecodeState.for_model(generator.model))
+    original = state_class.prefill_part
+    handles: list = []
+    first_tokens_before: list[int] = []  # at each prompt's prefill: requests with a token
+
+    def counting(self, prompt, end):
+        first_tokens_before.append(sum(1 for h in handles if h.sequences[0].ids))
+        return original(self, prompt, end)
+
+    monkeypatch.setattr(state_class, "prefill_part", counting)
+    engine = Engine(generator, EngineLimits(max_batch=4))
+    try:
+        with engine._wake:  # all four are queued before the worker admits any: one burst
+            handles += [engine.submit(p, max_new_tokens=3, do_sample=False) for p in prompts]
+        assert [h.result().choices[0].text for h in handles] == want
+    finally:
+        engine.close()
+    assert first_tokens_before == [0, 1, 2, 3]
