@@ -133,8 +133,9 @@ def _submit_all(engine: Engine, prompts: list, options: dict) -> list[EngineRequ
 async def _pieces(requests: list[EngineRequest]) -> AsyncIterator[tuple[int, Piece]]:
     """(request index, piece) from every request as they come; stopping cancels them all."""
     if len(requests) == 1:  # the common case, without a task and a queue per piece
-        async for piece in requests[0]:
-            yield 0, piece
+        async with contextlib.aclosing(aiter(requests[0])) as pieces:  # closing it cancels
+            async for piece in pieces:
+                yield 0, piece
         return
     out: asyncio.Queue = asyncio.Queue()
 
