@@ -11,9 +11,9 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
 #define INLINE static inline __attribute__((always_inline))
-#define PREFETCH 4096 /* bytes ahead in a column stream */
-/* 4-bit columns are consumed twice as fast per byte: every line of the column 8 KiB ahead is
- * fetched (a 1-row int4 step ~5-8 % faster in interleaved A/B; for 8 bits the same was slower) */
+/* The few-rows paths read columns one after another: the hardware prefetcher follows 8-bit ones
+ * alone (a software prefetch 4 KiB ahead made a 1-row step ~5 % slower in interleaved A/B); 4-bit
+ * ones, consumed at twice the rate per byte, gain from every line of the column 8 KiB ahead. */
 #define Q4_PREFETCH 8192
 #define ROW_BLOCK 64 /* rows whose codes stay in L2 while every column strip passes over them */
 #define Q4_ROW_BLOCK 32 /* the same for 4 bits (16 slots a row: 16 KiB of sums per 16 rows) */
@@ -236,7 +236,6 @@ TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
     if (M < 4) { /* few rows: stream each column once, no transpose */
         for (int64_t n = n0; n < n1; n++) {
-            _mm_prefetch((const char *)(W + n * KB * Q8_BLOCK + PREFETCH), _MM_HINT_T0);
             if (M == 1) column(1, rows, 0, KB, W, Ws, bias, N, n, Y);
             else if (M == 2) column(2, rows, 0, KB, W, Ws, bias, N, n, Y);
             else column(3, rows, 0, KB, W, Ws, bias, N, n, Y);
