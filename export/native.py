@@ -21,6 +21,7 @@ KV_DTYPE = "float16"  # the native graph's cache tensors (manifest inplace.nativ
 # ... laid out [B, L, H, D] (manifest inplace.native_kv_layout): a row's positions stay together,
 # so a step's cache reads are one stream per row instead of one per (row, head)
 KV_LAYOUT = "BLHD"
+_LAYOUT_ATTRIBUTE = {"BHLD": 0, "BLHD": 1}  # CachedAttention's kv_layout for each
 _BLOCKS = {8: 64, 4: 32}  # the kernel's block for each width of code
 
 
@@ -56,7 +57,7 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
             num_heads=attrs["num_heads"],
             scale=float(attrs.get("scale", 0.0)),
             local_window_size=attrs.get("local_window_size", -1),
-            kv_layout=1,  # KV_LAYOUT
+            kv_layout=_LAYOUT_ATTRIBUTE[KV_LAYOUT],
         )
         graph.node.remove(node)
         graph.node.insert(position, cached)
@@ -64,7 +65,8 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
     for value in [*graph.input, *graph.output]:
         if value.name in cache:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-            swap_heads_and_positions(value)  # [B, H, L, D] → [B, L, H, D]
+            if KV_LAYOUT == "BLHD":
+                swap_heads_and_positions(value)  # [B, H, L, D] → [B, L, H, D]
     return swapped
 
 
