@@ -1,7 +1,8 @@
 """Serving benchmark: 1, 4, 16, 64 concurrent streaming clients (httpx, asyncio) against `ortgen
 serve` on the 124M int8 folder (random weights), optionally against llama.cpp's `llama-server` on
-the same GGUF: aggregate tokens/s, p50/p99 time to first token and inter-token latency; a table,
-and JSON and Markdown beside it. Smoke run:
+the same GGUF: aggregate tokens/s, p50/p99 time to first token and inter-token latency, medians of
+interleaved rounds, and issue 10's goals as within-round ratios; a table, and JSON and Markdown
+beside it. Smoke run:
 `python -m bench.serving --model DIR --clients 1 4 --new-tokens 8` (a small folder may need
 `--prompt-tokens 16 64`)."""
 
@@ -127,33 +128,124 @@ def llama_command(args, port: int, clients: int) -> list[str]:
     ]
 
 
-def measure(system: str, command, args) -> list[Result]:
-    """One fresh server per concurrency level, so none inherits another's warm state."""
-    results = []
-    for clients in args.clients:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        quiet = subprocess.DEVNULL
-        process = subprocess.Popen(command(args, port, clients), stdout=quiet, stderr=quiet)
-        try:
-            wait_healthy(url, process)
-            asyncio.run(run_clients(url, 1, 4, 99, args))  # warm-up
-            work = run_clients(url, clients, args.new_tokens, clients, args)
-            runs, wall = asyncio.run(work)
-            results.append(summarise(system, clients, runs, wall))
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-    return results
+def measure_one(system: str, command, args, clients: int) -> Result:
+    """One fresh server for one measurement, so none inherits another's warm state."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    quiet = subprocess.DEVNULL
+    process = subprocess.Popen(command(args, port, clients), stdout=quiet, stderr=quiet)
+    try:
+        wait_healthy(url, process)
+        asyncio.run(run_clients(url, 1, 4, 99, args))  # warm-up
+        runs, wall = asyncio.run(run_clients(url, clients, args.new_tokens, clients, args))
+        return summarise(system, clients, runs, wall)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
-def table(results: list[Result], args) -> str:
+def measure(commands: dict, args) -> list[list[Result]]:
+    """`args.rounds` rounds; in each, every concurrency level with the systems one after the other,
+    the order turning each round (the machine's speed drifts: ratios are taken within a round).
+    → each round's Results."""
+    rounds = []
+    for r in range(args.rounds):
+        names = list(commands)
+        order = names[r % len(names) :] + names[: r % len(names)]
+        results = [
+            measure_one(name, commands[name], args, clients)
+            for clients in args.clients
+            for name in order
+        ]
+        rounds.append(results)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    return rounds
+
+
+def pick(results: list[Result], system: str, clients: int) -> Result | None:
+    return next((r for r in results if (r.system, r.clients) == (system, clients)), None)
+
+
+def medians(rounds: list[list[Result]]) -> list[Result]:
+    """Each (system, clients)'s median of every figure over the rounds."""
+    out = []
+    for first in rounds[0]:
+        same = [pick(results, first.system, first.clients) for results in rounds]
+        figures = [np.median([getattr(r, f) for r in same]) for f in FIGURES]
+        out.append(Result(first.system, first.clients, *map(float, figures)))
+    return sorted(out, key=lambda r: (r.system != "ortgen", r.clients))
+
+
+FIGURES = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
+
+
+def goals(rounds: list[list[Result]], args) -> list[tuple[str, float, bool]]:
+    """Issue 10's goals as (goal, median over rounds of the round's ratio, holds)."""
+
+    def ratio(a: tuple, b: tuple, figure: str) -> float | None:
+        values = []
+        for results in rounds:
+            x, y = pick(results, *a), pick(results, *b)
+            if x is None or y is None:
+                return None
+            values.append(getattr(x, figure) / getattr(y, figure))
+        return float(np.median(values))
+
+    wanted = [
+        (
+            "ortgen 16 clients ≥ 4× 1 client, tok/s",
+            ("ortgen", 16),
+            ("ortgen", 1),
+            "tokens_per_s",
+            4.0,
+            True,
+        ),
+        (
+            "ortgen ITL p99 at 16 clients ≤ 3× 1 client's",
+            ("ortgen", 16),
+            ("ortgen", 1),
+            "itl_p99_ms",
+            3.0,
+            False,
+        ),
+    ]
+    for c in args.clients:
+        wanted.append(
+            (
+                f"ortgen ≥ 1.5× llama-server at {c} client{'s' * (c > 1)}, tok/s",
+                ("ortgen", c),
+                ("llama-server", c),
+                "tokens_per_s",
+                1.5,
+                True,
+            )
+        )
+        wanted.append(
+            (
+                f"ortgen TTFT p99 ≤ llama-server's at {c} client{'s' * (c > 1)}",
+                ("ortgen", c),
+                ("llama-server", c),
+                "ttft_p99_ms",
+                1.0,
+                False,
+            )
+        )
+    out = []
+    for name, a, b, figure, bound, at_least in wanted:
+        value = ratio(a, b, figure)
+        if value is not None:
+            out.append((name, value, value >= bound if at_least else value <= bound))
+    return out
+
+
+def table(results: list[Result], rounds: int, args) -> str:
     import onnxruntime
 
     head = (
         f"{platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, "
         f"threads {args.threads}, prompts {args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, "
-        f"{args.new_tokens} new tokens, ortgen --prefill-chunk {args.prefill_chunk}"
+        f"{args.new_tokens} new tokens, ortgen --prefill-chunk {args.prefill_chunk}, "
+        f"medians of {rounds} interleaved rounds"
     )
     rows = [
         f"{'system':<13}{'clients':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}"
@@ -167,12 +259,20 @@ def table(results: list[Result], args) -> str:
     return "\n".join([head, *rows])
 
 
+def goal_table(checked: list[tuple[str, float, bool]]) -> str:
+    """Markdown: each goal, its median ratio (within-round ratios), whether it holds."""
+    rows = ["| goal | measured | holds |", "|---|---|---|"]
+    rows += [f"| {name} | {value:.2f} | {'yes' if ok else 'no'} |" for name, value, ok in checked]
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(16, 128))
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefill-chunk", type=int, default=128, help="ortgen serve's")
     parser.add_argument(
@@ -196,20 +296,30 @@ def main() -> None:
             args.model = built["ortgen-int8"]["path"]
         if args.llama_server is not None and args.gguf is None:
             args.gguf = built["llamacpp-q8_0"]["path"]
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     if not (args.model / "ortgen.json").is_file():
         raise SystemExit(f"{args.model} is no ortgen folder: build it with bench.prepare first")
     if args.gguf is not None and args.llama_server is None:
         raise SystemExit("--gguf needs --llama-server (the llama-server binary)")
-    results = measure("ortgen", ortgen_command, args)
+    commands = {"ortgen": ortgen_command}
     if args.llama_server is not None:
-        results += measure("llama-server", llama_command, args)
-    report = table(results, args)
+        commands["llama-server"] = llama_command
+    rounds = measure(commands, args)
+    results, checked = medians(rounds), goals(rounds, args)
+    report = table(results, len(rounds), args)
     print(report)
+    print(goal_table(checked))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    record = {"header": report.splitlines()[0], "results": [asdict(r) for r in results]}
+    record = {
+        "header": report.splitlines()[0],
+        "results": [asdict(r) for r in results],
+        "goals": [{"goal": n, "measured": v, "holds": ok} for n, v, ok in checked],
+        "rounds": [[asdict(r) for r in results] for results in rounds],
+    }
     (args.out / f"serving-{stamp}.json").write_text(json.dumps(record, indent=2))
-    (args.out / f"serving-{stamp}.md").write_text(f"```\n{report}\n```\n")
+    (args.out / f"serving-{stamp}.md").write_text(f"```\n{report}\n```\n\n{goal_table(checked)}\n")
 
 
 if __name__ == "__main__":
