@@ -46,6 +46,7 @@ class Engine:
         self._wake = threading.Condition()
         self._closing = False
         self._running: list[Request] = []  # requests being prefilled or decoded (worker's)
+        self._outbox: list[tuple[Request, Any]] = []  # deliveries held until _send (worker's)
         self._worker: threading.Thread | None = None
         self.aio = AsyncEngine(self)
 
@@ -147,6 +148,7 @@ class Engine:
                 if not self._decode():
                     return
             except Exception as err:  # a bug or a runtime failure: never hang the callers
+                self._send()
                 for request in self._running:
                     request.deliver(err)
                 self._running = []
@@ -164,6 +166,7 @@ class Engine:
         while True:
             admitted = self._admit(len(rows) + len(prompts), idle=not rows and not prompts)
             if admitted is None:
+                self._send()  # endings of requests cancelled while queued
                 return False
             for request in admitted:
                 self._running.append(request)  # before the prefill: a failure reaches it
@@ -177,6 +180,7 @@ class Engine:
                 rows, tokens = [rows[r] for r in going], [tokens[r] for r in going]
             self.metrics.batch_rows.set(len(rows))  # before the callers hear of it
             self._retire()  # ended rows and dropped prompts: no row of theirs is left
+            self._send()  # the callers' threads run while the step runs (it releases the GIL)
             if rows:
                 self.metrics.step_rows.observe(len(rows))
                 logits = state.step(np.asarray(tokens, dtype=np.int64))  # [rows, V]
@@ -212,6 +216,7 @@ class Engine:
                 prompts.popleft()
                 joined.append((request, sequence))
                 first += self._advance([(request, sequence)], out[None])
+                self._send()
         pending = sum(len(sequence.prompt) for _, sequence in prompts) - state.cached
         self.metrics.prefill_tokens.set(pending)
         return joined, first
@@ -242,7 +247,9 @@ class Engine:
             text = sequence.take()
             reason = sequence.finish_reason if sequence.done else None
             if text or reason:
-                request.deliver(Piece(request.sequences.index(sequence), text, reason))
+                self._outbox.append(
+                    (request, Piece(request.sequences.index(sequence), text, reason))
+                )
         for request, count in counts.items():
             self.metrics.step(request, count, now)
         return tokens
@@ -259,19 +266,26 @@ class Engine:
 
     def _finish(self, request: Request) -> None:
         if all(s.done for s in request.sequences):
-            self.metrics.ended("finished")
-            request.deliver(_END)
+            outcome, item = "finished", _END
         elif request.cancelled:
-            self.metrics.ended("cancelled")
-            request.deliver(RequestCancelledError("the request was cancelled"))
+            outcome, item = "cancelled", RequestCancelledError("the request was cancelled")
         else:
-            self.metrics.ended("timeout")
-            request.deliver(
+            outcome, item = (
+                "timeout",
                 RequestTimeoutError(
                     f"the request took more than {self.limits.timeout} s: ask for fewer "
                     "tokens or retry when the server is less busy"
-                )
+                ),
             )
+        self.metrics.ended(outcome)
+        self._outbox.append((request, item))
+
+    def _send(self) -> None:
+        """Hand the held pieces and endings to their callers. Held until the step's own Python
+        work is done: a caller woken mid-step contends with the worker for the GIL."""
+        outbox, self._outbox = self._outbox, []
+        for request, item in outbox:
+            request.deliver(item)
 
 
 def _alive(request: Request, sequence: Sequence) -> bool:

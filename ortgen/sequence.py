@@ -38,6 +38,7 @@ class Sequence:
         self.text = ""  # all decided text so far
         self._rng = sequence_rng(options.seed, index)
         self._stop_ids = stop_ids  # [S] int64 EOS ids
+        self._stop_set = frozenset(stop_ids.tolist())  # the same, for `in` per token
         self._seen = dict.fromkeys(prompt)  # insertion-ordered unique ids: repetition penalty
         size = options.no_repeat_ngram_size
         self._ngrams = NgramTable(self.prompt, size) if size else None
@@ -47,8 +48,14 @@ class Sequence:
 
     def choose(self, logits: np.ndarray) -> int:
         """The next id from this sequence's logits ([V]), after its processors."""
-        scores = self._process(logits)
         o = self.options
+        if not o.do_sample and o.repetition_penalty == 1.0 and self._ngrams is None:
+            # greedy without penalties: suppressing EOS (before min_new_tokens) only matters
+            # when the plain argmax is an EOS id — no copy of the row otherwise
+            token = int(np.argmax(logits))
+            if not (token in self._stop_set and self._early()):
+                return token
+        scores = self._process(logits)
         if not o.do_sample:
             return int(np.argmax(scores))
         return sample_row(scores, self._rng, o.temperature, o.top_k, o.top_p)
@@ -58,7 +65,7 @@ class Sequence:
         self._seen[token] = None
         if self._ngrams is not None:
             self._ngrams.push(token)
-        if token in self._stop_ids:
+        if token in self._stop_set:
             self.done, self.finish_reason = True, "stop"
         if self._text is not None:
             self._decide(self._stops.feed(self._text.push(token)))
@@ -85,7 +92,7 @@ class Sequence:
     def _process(self, logits: np.ndarray) -> np.ndarray:
         """transformers' logits processors on a copy of one row, only when one applies."""
         o = self.options
-        early = len(self.ids) < o.min_new_tokens and self._stop_ids.size
+        early = self._early()
         if o.repetition_penalty == 1.0 and self._ngrams is None and not early:
             return logits
         scores = logits.astype(np.float32, copy=True)  # [V]
@@ -96,6 +103,10 @@ class Sequence:
         if early:
             suppress(scores, self._stop_ids)
         return scores
+
+    def _early(self) -> bool:
+        """Below min_new_tokens: EOS may not be chosen yet."""
+        return len(self.ids) < self.options.min_new_tokens and bool(self._stop_set)
 
     def _decide(self, piece: str) -> None:
         if piece:

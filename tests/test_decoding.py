@@ -230,3 +230,24 @@ def test_generation_config_keys_honoured_ignored_or_warned_once(exported, tmp_pa
     }
     assert honoured == {k: config[k] for k in honoured} and len(honoured) == 7
     assert len(generator.generate_ids([5, 17, 42], ignore_eos=True)) == 2  # beams, 2 returned
+
+
+def test_greedy_choice_below_min_new_tokens_is_the_argmax_with_eos_suppressed():
+    """Greedy choose() copies a row only when its argmax is an EOS id below min_new_tokens: what
+    it picks must be what suppressing EOS, then taking the argmax, picks — ties included."""
+    from ortgen.options import GenerationOptions
+    from ortgen.sequence import Sequence
+
+    rng = np.random.default_rng(0)
+    eos = np.array([3, 7], dtype=np.int64)
+    options = GenerationOptions(max_new_tokens=20, min_new_tokens=4)
+    sequence = Sequence([1, 2], options, eos, tokenizer=None)
+    for step in range(8):
+        for _ in range(50):
+            logits = rng.integers(0, 4, 12).astype(np.float32)  # many ties
+            logits[rng.choice(eos)] = rng.choice([3.0, 9.0])  # EOS often the plain argmax
+            expected = logits.copy()
+            if step < 4:
+                expected[eos] = -np.inf
+            assert sequence.choose(logits) == int(np.argmax(expected))
+        sequence.push(0)

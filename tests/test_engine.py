@@ -380,3 +380,35 @@ def test_a_burst_hears_each_first_token_as_soon_as_its_prompt_is_cached(
     finally:
         engine.close()
     assert first_tokens_before == [0, 1, 2, 3]
+
+
+def test_a_steps_pieces_reach_their_callers_before_the_next_model_run(long_generator, monkeypatch):
+    """Pieces and endings are held while the worker's Python work for a step runs (a caller woken
+    mid-step contends for the GIL), then handed over before the next prefill or decode step."""
+    generator = long_generator
+    state_class = type(DecodeState.for_model(generator.model))
+    step, prefill_part = state_class.step, state_class.prefill_part
+    engine = Engine(generator, EngineLimits(max_batch=2))
+    held: list[int] = []  # undelivered items at each model run
+
+    def stepping(self, tokens):
+        held.append(len(engine._outbox))
+        return step(self, tokens)
+
+    def prefilling(self, prompt, end):
+        held.append(len(engine._outbox))
+        return prefill_part(self, prompt, end)
+
+    monkeypatch.setattr(state_class, "step", stepping)
+    monkeypatch.setattr(state_class, "prefill_part", prefilling)
+    try:
+        with engine._wake:
+            handles = [
+                engine.submit(f"Harbour {i}", max_new_tokens=4 + i, do_sample=False)
+                for i in range(2)
+            ]
+        pieces = [list(handle) for handle in handles]
+    finally:
+        engine.close()
+    assert len(held) >= 2 + 4 and set(held) == {0}
+    assert all(pieces) and all(p[-1].finish_reason == "length" for p in pieces)
