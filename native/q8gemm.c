@@ -16,7 +16,9 @@
  * ones, consumed at twice the rate per byte, gain from every line of the column 8 KiB ahead. */
 #define Q4_PREFETCH 8192
 #define ROW_BLOCK 64 /* rows whose codes stay in L2 while every column strip passes over them */
-#define Q4_ROW_BLOCK 32 /* the same for 4 bits (16 slots a row: 16 KiB of sums per 16 rows) */
+#define Q4_ROW_BLOCK 64 /* the same for 4 bits (16 slots a row: 64 KiB of sums); each column strip is
+                          * unpacked and turned once per row block: 64 rows run ~9 % faster than 32
+                          * at M = 48-256 (a C harness, K 768, N 3072, one thread) */
 
 static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
