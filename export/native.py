@@ -2,8 +2,9 @@
 and weights run by ortgen's own kernels (native/) — each `MatMulNBits` of 8 bits in blocks of 64 or
 4 bits in blocks of 32 by `ortgen.Q8MatMul` (int8 activations per row and block), which reads
 MatMulNBits' bytes as they are (the bias Add or FastGelu after it folded in), and each
-`GroupQueryAttention` by `ortgen.CachedAttention`, whose KV cache is float16
-(KV_DTYPE: half the bytes a decode step reads late in a long context). The runtime takes it where
+`GroupQueryAttention` by `ortgen.CachedAttentionQ8`, whose KV cache holds int8 codes with a
+float scale per position and head (KV_DTYPE: under a third of the bytes a float32 cache makes a
+decode step read late in a long context, and of the memory it takes). The runtime takes it where
 the kernel library is built and the CPU has AVX-512 VNNI, else the plain in-place graph."""
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from ortgen.kernels import DOMAIN
 
 FILE = "inplace.native.onnx"
 OP = "Q8MatMul"
-ATTENTION = "CachedAttention"
+ATTENTION = "CachedAttentionQ8"
 NORM = "SkipNorm"
-KV_DTYPE = "float16"  # the native graph's cache tensors (manifest inplace.native_kv_dtype)
-# ... laid out [B, L, H, D] (manifest inplace.native_kv_layout): a row's positions stay together,
+# the native graph's cache tensors (manifest inplace.native_kv_dtype): per position and head, D
+# int8 codes and their float32 scale, [B, L, H, D + KV_SCALE_BYTES] (folders written before
+# hold "float16" [B, L, H, D] caches, which the runtime still runs: CachedAttention)
+KV_DTYPE = "int8"
+KV_SCALE_BYTES = 4
+# ... laid out [B, L, H, ·] (manifest inplace.native_kv_layout): a row's positions stay together,
 # so a step's cache reads are one stream per row instead of one per (row, head)
 KV_LAYOUT = "BLHD"
 _LAYOUT_ATTRIBUTE = {"BHLD": 0, "BLHD": 1}  # CachedAttention's kv_layout for each
@@ -37,9 +42,9 @@ def swap_kernels(model: onnx.ModelProto) -> int:
 
 
 def _swap_attention(graph: onnx.GraphProto) -> int:
-    """GroupQueryAttention → CachedAttention (same inputs, outputs and attributes), and the cache
-    tensors they read and write (graph inputs and outputs) become float16 [B, L, H, D]. → how
-    many."""
+    """GroupQueryAttention → CachedAttentionQ8 (same inputs, outputs and attributes), and the
+    cache tensors they read and write (graph inputs and outputs) become int8 records
+    [B, L, H, D + 4]. → how many."""
     cache, swapped = set(), 0
     for position, node in enumerate(list(graph.node)):
         if node.op_type != "GroupQueryAttention":
@@ -64,9 +69,11 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
         cache.update([node.input[3], node.input[4], node.output[1], node.output[2]])
     for value in [*graph.input, *graph.output]:
         if value.name in cache:
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+            value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+            record = value.type.tensor_type.shape.dim[3]
+            record.dim_value += KV_SCALE_BYTES  # D codes, then the scale's bytes
             if KV_LAYOUT == "BLHD":
-                swap_heads_and_positions(value)  # [B, H, L, D] → [B, L, H, D]
+                swap_heads_and_positions(value)  # [B, H, L, ·] → [B, L, H, ·]
     return swapped
 
 

@@ -7,29 +7,68 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define INLINE static inline __attribute__((always_inline))
 
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
 
-INLINE TARGET __m512 load_half(const uint16_t *at, __mmask16 mask) {
+/* 16 cached values from `at` as floats: float16 values, or (Q8) int8 codes, their record's scale
+ * not applied (the callers fold it into the score or the weight: one multiply per position) */
+INLINE TARGET __m512 load_kv(const int Q8, const char *at, __mmask16 mask) {
+    if (Q8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, at)));
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at));
 }
 
+/* an int8 record's scale: the float after its D codes */
+INLINE float record_scale(const char *record, int64_t D) {
+    float scale;
+    memcpy(&scale, record + D, sizeof scale);
+    return scale;
+}
+
+/* x[0..D) as an int8 record: codes round(x × 127 / max|x|), then the scale max|x| / 127 (NaN where
+ * any x is: codes 0, and every score or sum that reads it NaN) */
+static TARGET void store_codes(const float *x, int64_t D, char *record) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 top = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int64_t d = 0; d < D; d += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(lanes(D - d), x + d);
+        top = _mm512_max_ps(top, _mm512_andnot_ps(sign, v));
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    float amax = nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
+    __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f); /* false for NaN */
+    for (int64_t d = 0; d < D; d += 16) {
+        __mmask16 m = lanes(D - d);
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + d), inv));
+        _mm_mask_storeu_epi8(record + d, m, _mm512_cvtsepi32_epi8(q));
+    }
+    float scale = amax / 127.0f;
+    memcpy(record + D, &scale, sizeof scale);
+}
+
 TARGET void attn_store(const attn_args *a, int64_t b, int64_t h) {
-    int64_t first = a->last[b] - a->T + 1;
+    int64_t first = a->last[b] - a->T + 1, bytes = a->q8 ? 1 : 2;
     for (int64_t t = 0; t < a->T; t++) {
         const float *k = a->k + (b * a->T + t) * a->kv_stride + h * a->D;
         const float *v = a->v + (b * a->T + t) * a->kv_stride + h * a->D;
-        int64_t at = b * a->H * a->L * a->D + h * a->head_stride + (first + t) * a->pos_stride;
+        int64_t at = (b * a->row_stride + h * a->head_stride + (first + t) * a->pos_stride) * bytes;
+        char *kc = (char *)a->kc + at, *vc = (char *)a->vc + at;
+        if (a->q8) {
+            store_codes(k, a->D, kc);
+            store_codes(v, a->D, vc);
+            continue;
+        }
         for (int64_t d = 0; d < a->D; d += 16) {
             __mmask16 m = lanes(a->D - d);
             const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             __m256i kh = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, k + d), round);
             __m256i vh = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, v + d), round);
-            _mm256_mask_storeu_epi16(a->kc + at + d, m, kh);
-            _mm256_mask_storeu_epi16(a->vc + at + d, m, vh);
+            _mm256_mask_storeu_epi16((uint16_t *)kc + d, m, kh);
+            _mm256_mask_storeu_epi16((uint16_t *)vc + d, m, vh);
         }
     }
 }
@@ -45,28 +84,42 @@ INLINE TARGET __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
 }
 
-/* q · key for C chunks of 16 (the last one masked by `tail`) */
-INLINE TARGET __m512 dot(const int C, const __m512 *q, const uint16_t *key, __mmask16 tail) {
-    __m512 acc = _mm512_mul_ps(q[0], load_half(key, C == 1 ? tail : 0xFFFF));
+/* q · key for C chunks of 16 (the last one masked by `tail`); Q8: the codes' dot */
+INLINE TARGET __m512 dot(const int C, const int Q8, const __m512 *q, const char *key,
+                         __mmask16 tail) {
+    const int bytes = Q8 ? 1 : 2;
+    __m512 acc = _mm512_mul_ps(q[0], load_kv(Q8, key, C == 1 ? tail : 0xFFFF));
     for (int c = 1; c < C; c++)
-        acc = _mm512_fmadd_ps(q[c], load_half(key + 16 * c, c == C - 1 ? tail : 0xFFFF), acc);
+        acc = _mm512_fmadd_ps(q[c], load_kv(Q8, key + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF),
+                              acc);
     return acc;
+}
+
+/* Q8: four keys' scales (records P bytes apart) */
+INLINE TARGET __m128 four_scales(const char *key, int64_t P, int64_t D) {
+    return _mm_setr_ps(record_scale(key, D), record_scale(key + P, D),
+                       record_scale(key + 2 * P, D), record_scale(key + 3 * P, D));
 }
 
 /* A query's scores, continued from key j (a multiple of 4) to n: keys go in fours from lo, the
  * rest one by one. → where the fours ended. */
-INLINE TARGET void scores_from(const int C, const attn_args *a, const __m512 *qv,
-                               const uint16_t *keys, int64_t lo, int64_t j, int64_t n,
+INLINE TARGET void scores_from(const int C, const int Q8, const attn_args *a, const __m512 *qv,
+                               const char *keys, int64_t lo, int64_t j, int64_t n,
                                __mmask16 tail, float *scores) {
-    const int64_t P = a->pos_stride;
+    const int64_t P = a->pos_stride * (Q8 ? 1 : 2); /* bytes */
     const __m128 scale4 = _mm_set1_ps(a->scale);
     for (; j + 4 <= n; j += 4) {
-        const uint16_t *key = keys + (lo + j) * P;
-        __m128 four = sum4(dot(C, qv, key, tail), dot(C, qv, key + P, tail),
-                           dot(C, qv, key + 2 * P, tail), dot(C, qv, key + 3 * P, tail));
+        const char *key = keys + (lo + j) * P;
+        __m128 four = sum4(dot(C, Q8, qv, key, tail), dot(C, Q8, qv, key + P, tail),
+                           dot(C, Q8, qv, key + 2 * P, tail), dot(C, Q8, qv, key + 3 * P, tail));
+        if (Q8) four = _mm_mul_ps(four, four_scales(key, P, a->D));
         _mm_storeu_ps(scores + j, _mm_mul_ps(four, scale4));
     }
-    for (; j < n; j++) scores[j] = _mm512_reduce_add_ps(dot(C, qv, keys + (lo + j) * P, tail)) * a->scale;
+    for (; j < n; j++) {
+        const char *key = keys + (lo + j) * P;
+        float score = _mm512_reduce_add_ps(dot(C, Q8, qv, key, tail));
+        scores[j] = (Q8 ? score * record_scale(key, a->D) : score) * a->scale;
+    }
 }
 
 /* softmax weights in place (unnormalized) → 1 / their sum */
@@ -88,25 +141,28 @@ INLINE TARGET __m512 softmax(float *scores, int64_t n) {
 
 /* the weighted values, continued from position j (even) to n: pairs into the even and odd chains
  * (two chains: half the latency), a last odd one into the even chain; then out */
-INLINE TARGET void values_from(const int C, const attn_args *a, const uint16_t *values,
-                               int64_t lo, int64_t j, int64_t n, __mmask16 tail,
-                               const float *scores, __m512 *even, __m512 *odd, __m512 inverse,
-                               float *out) {
-    const int64_t P = a->pos_stride;
+INLINE TARGET void values_from(const int C, const int Q8, const attn_args *a,
+                               const char *values, int64_t lo, int64_t j, int64_t n,
+                               __mmask16 tail, const float *scores, __m512 *even, __m512 *odd,
+                               __m512 inverse, float *out) {
+    const int64_t P = a->pos_stride * (Q8 ? 1 : 2), bytes = Q8 ? 1 : 2;
     for (; j + 2 <= n; j += 2) {
-        const uint16_t *value = values + (lo + j) * P;
-        __m512 w0 = _mm512_set1_ps(scores[j]), w1 = _mm512_set1_ps(scores[j + 1]);
+        const char *value = values + (lo + j) * P;
+        __m512 w0 = _mm512_set1_ps(Q8 ? scores[j] * record_scale(value, a->D) : scores[j]);
+        __m512 w1 = _mm512_set1_ps(Q8 ? scores[j + 1] * record_scale(value + P, a->D)
+                                      : scores[j + 1]);
         for (int c = 0; c < C; c++) {
             __mmask16 m = c == C - 1 ? tail : 0xFFFF;
-            even[c] = _mm512_fmadd_ps(w0, load_half(value + 16 * c, m), even[c]);
-            odd[c] = _mm512_fmadd_ps(w1, load_half(value + P + 16 * c, m), odd[c]);
+            even[c] = _mm512_fmadd_ps(w0, load_kv(Q8, value + 16 * c * bytes, m), even[c]);
+            odd[c] = _mm512_fmadd_ps(w1, load_kv(Q8, value + P + 16 * c * bytes, m), odd[c]);
         }
     }
     if (j < n) {
-        const uint16_t *value = values + (lo + j) * P;
-        __m512 w = _mm512_set1_ps(scores[j]);
+        const char *value = values + (lo + j) * P;
+        __m512 w = _mm512_set1_ps(Q8 ? scores[j] * record_scale(value, a->D) : scores[j]);
         for (int c = 0; c < C; c++)
-            even[c] = _mm512_fmadd_ps(w, load_half(value + 16 * c, c == C - 1 ? tail : 0xFFFF), even[c]);
+            even[c] = _mm512_fmadd_ps(
+                w, load_kv(Q8, value + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF), even[c]);
     }
     for (int c = 0; c < C; c++)
         _mm512_mask_storeu_ps(out + 16 * c, c == C - 1 ? tail : 0xFFFF,
@@ -120,28 +176,29 @@ INLINE TARGET void load_query(const int C, const float *q, __mmask16 tail, __m51
 /* One query (C chunks of 16 over the head size D) against positions [lo, hi] of one head's cache
  * slab. Its float sequence depends only on the query, the cache and [lo, hi] (scores_from,
  * softmax, values_from): the same whichever run or batch computes it. */
-INLINE TARGET void one_query(const int C, const attn_args *a, const float *q,
-                             const uint16_t *keys, const uint16_t *values, int64_t lo, int64_t hi,
+INLINE TARGET void one_query(const int C, const int Q8, const attn_args *a, const float *q,
+                             const char *keys, const char *values, int64_t lo, int64_t hi,
                              float *scores, float *out) {
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 qv[ATTN_MAX_HEAD / 16], even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16];
     load_query(C, q, tail, qv);
     const int64_t n = hi - lo + 1;
-    scores_from(C, a, qv, keys, lo, 0, n, tail, scores);
+    scores_from(C, Q8, a, qv, keys, lo, 0, n, tail, scores);
     __m512 inverse = softmax(scores, n);
     for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
-    values_from(C, a, values, lo, 0, n, tail, scores, even, odd, inverse, out);
+    values_from(C, Q8, a, values, lo, 0, n, tail, scores, even, odd, inverse, out);
 }
 
 /* Two queries from [lo, hi] and [lo, hi + 1] (consecutive new tokens, no window between them):
  * the same float sequences as one_query gives each, but each cached key or value is loaded and
  * converted once for both, while the two share positions (a prompt reads its cache half as
  * often). */
-INLINE TARGET void two_queries(const int C, const attn_args *a, const float *q0,
-                               const float *q1, const uint16_t *keys, const uint16_t *values,
+INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, const float *q0,
+                               const float *q1, const char *keys, const char *values,
                                int64_t lo, int64_t hi, float *scores0, float *scores1,
                                float *out0, float *out1) {
-    const int64_t P = a->pos_stride, n = hi - lo + 1; /* the second query sees n + 1 */
+    const int64_t bytes = Q8 ? 1 : 2, P = a->pos_stride * bytes;
+    const int64_t n = hi - lo + 1; /* the second query sees n + 1 */
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 qa[ATTN_MAX_HEAD / 16], qb[ATTN_MAX_HEAD / 16];
     load_query(C, q0, tail, qa);
@@ -149,73 +206,89 @@ INLINE TARGET void two_queries(const int C, const attn_args *a, const float *q0,
     const __m128 scale4 = _mm_set1_ps(a->scale);
     int64_t j = 0;
     for (; j + 4 <= n; j += 4) { /* fours both queries take */
-        const uint16_t *key = keys + (lo + j) * P;
+        const char *key = keys + (lo + j) * P;
         __m512 da[4], db[4];
         for (int i = 0; i < 4; i++) {
-            __m512 k = load_half(key + i * P, C == 1 ? tail : 0xFFFF);
+            __m512 k = load_kv(Q8, key + i * P, C == 1 ? tail : 0xFFFF);
             da[i] = _mm512_mul_ps(qa[0], k);
             db[i] = _mm512_mul_ps(qb[0], k);
             for (int c = 1; c < C; c++) {
-                k = load_half(key + i * P + 16 * c, c == C - 1 ? tail : 0xFFFF);
+                k = load_kv(Q8, key + i * P + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF);
                 da[i] = _mm512_fmadd_ps(qa[c], k, da[i]);
                 db[i] = _mm512_fmadd_ps(qb[c], k, db[i]);
             }
         }
-        _mm_storeu_ps(scores0 + j, _mm_mul_ps(sum4(da[0], da[1], da[2], da[3]), scale4));
-        _mm_storeu_ps(scores1 + j, _mm_mul_ps(sum4(db[0], db[1], db[2], db[3]), scale4));
+        __m128 fa = sum4(da[0], da[1], da[2], da[3]), fb = sum4(db[0], db[1], db[2], db[3]);
+        if (Q8) {
+            __m128 scales = four_scales(key, P, a->D);
+            fa = _mm_mul_ps(fa, scales);
+            fb = _mm_mul_ps(fb, scales);
+        }
+        _mm_storeu_ps(scores0 + j, _mm_mul_ps(fa, scale4));
+        _mm_storeu_ps(scores1 + j, _mm_mul_ps(fb, scale4));
     }
-    scores_from(C, a, qa, keys, lo, j, n, tail, scores0);
-    scores_from(C, a, qb, keys, lo, j, n + 1, tail, scores1);
+    scores_from(C, Q8, a, qa, keys, lo, j, n, tail, scores0);
+    scores_from(C, Q8, a, qb, keys, lo, j, n + 1, tail, scores1);
     __m512 inverse0 = softmax(scores0, n), inverse1 = softmax(scores1, n + 1);
     __m512 ea[ATTN_MAX_HEAD / 16], oa[ATTN_MAX_HEAD / 16];
     __m512 eb[ATTN_MAX_HEAD / 16], ob[ATTN_MAX_HEAD / 16];
     for (int c = 0; c < C; c++) ea[c] = oa[c] = eb[c] = ob[c] = _mm512_setzero_ps();
     for (j = 0; j + 2 <= n; j += 2) { /* pairs both queries take */
-        const uint16_t *value = values + (lo + j) * P;
-        __m512 wa0 = _mm512_set1_ps(scores0[j]), wa1 = _mm512_set1_ps(scores0[j + 1]);
-        __m512 wb0 = _mm512_set1_ps(scores1[j]), wb1 = _mm512_set1_ps(scores1[j + 1]);
+        const char *value = values + (lo + j) * P;
+        float s0 = Q8 ? record_scale(value, a->D) : 1.0f, s1 = Q8 ? record_scale(value + P, a->D) : 1.0f;
+        __m512 wa0 = _mm512_set1_ps(Q8 ? scores0[j] * s0 : scores0[j]);
+        __m512 wa1 = _mm512_set1_ps(Q8 ? scores0[j + 1] * s1 : scores0[j + 1]);
+        __m512 wb0 = _mm512_set1_ps(Q8 ? scores1[j] * s0 : scores1[j]);
+        __m512 wb1 = _mm512_set1_ps(Q8 ? scores1[j + 1] * s1 : scores1[j + 1]);
         for (int c = 0; c < C; c++) {
             __mmask16 m = c == C - 1 ? tail : 0xFFFF;
-            __m512 v0 = load_half(value + 16 * c, m), v1 = load_half(value + P + 16 * c, m);
+            __m512 v0 = load_kv(Q8, value + 16 * c * bytes, m);
+            __m512 v1 = load_kv(Q8, value + P + 16 * c * bytes, m);
             ea[c] = _mm512_fmadd_ps(wa0, v0, ea[c]);
             eb[c] = _mm512_fmadd_ps(wb0, v0, eb[c]);
             oa[c] = _mm512_fmadd_ps(wa1, v1, oa[c]);
             ob[c] = _mm512_fmadd_ps(wb1, v1, ob[c]);
         }
     }
-    values_from(C, a, values, lo, j, n, tail, scores0, ea, oa, inverse0, out0);
-    values_from(C, a, values, lo, j, n + 1, tail, scores1, eb, ob, inverse1, out1);
+    values_from(C, Q8, a, values, lo, j, n, tail, scores0, ea, oa, inverse0, out0);
+    values_from(C, Q8, a, values, lo, j, n + 1, tail, scores1, eb, ob, inverse1, out1);
 }
 
-/* one_query and two_queries with the chunk count a compile-time constant, so queries and sums
- * stay in registers: a function per count (in one function, the compiler keeps some counts' sums
- * on the stack) */
-#define QUERY_C(C)                                                                              \
-    static TARGET __attribute__((noinline)) void query_##C(                                    \
-        const attn_args *a, const float *q, const uint16_t *keys, const uint16_t *values,      \
-        int64_t lo, int64_t hi, float *scores, float *out) {                                   \
-        one_query(C, a, q, keys, values, lo, hi, scores, out);                                 \
+/* one_query and two_queries with the chunk count (and the cache's kind) compile-time constants, so
+ * queries and sums stay in registers: a function per count (in one function, the compiler keeps
+ * some counts' sums on the stack) */
+#define QUERY_C(C, Q8, kind)                                                                    \
+    static TARGET __attribute__((noinline)) void query_##kind##C(                              \
+        const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
+        int64_t hi, float *scores, float *out) {                                               \
+        one_query(C, Q8, a, q, keys, values, lo, hi, scores, out);                             \
     }                                                                                          \
-    static TARGET __attribute__((noinline)) void pair_##C(                                     \
-        const attn_args *a, const float *q0, const float *q1, const uint16_t *keys,            \
-        const uint16_t *values, int64_t lo, int64_t hi, float *s0, float *s1, float *o0,       \
+    static TARGET __attribute__((noinline)) void pair_##kind##C(                               \
+        const attn_args *a, const float *q0, const float *q1, const char *keys,                \
+        const char *values, int64_t lo, int64_t hi, float *s0, float *s1, float *o0,           \
         float *o1) {                                                                           \
-        two_queries(C, a, q0, q1, keys, values, lo, hi, s0, s1, o0, o1);                       \
+        two_queries(C, Q8, a, q0, q1, keys, values, lo, hi, s0, s1, o0, o1);                   \
     }
-QUERY_C(1) QUERY_C(2) QUERY_C(3) QUERY_C(4) QUERY_C(5) QUERY_C(6) QUERY_C(7) QUERY_C(8)
-QUERY_C(9) QUERY_C(10) QUERY_C(11) QUERY_C(12) QUERY_C(13) QUERY_C(14) QUERY_C(15) QUERY_C(16)
+#define QUERY_KIND(Q8, kind)                                                                    \
+    QUERY_C(1, Q8, kind) QUERY_C(2, Q8, kind) QUERY_C(3, Q8, kind) QUERY_C(4, Q8, kind)         \
+    QUERY_C(5, Q8, kind) QUERY_C(6, Q8, kind) QUERY_C(7, Q8, kind) QUERY_C(8, Q8, kind)         \
+    QUERY_C(9, Q8, kind) QUERY_C(10, Q8, kind) QUERY_C(11, Q8, kind) QUERY_C(12, Q8, kind)      \
+    QUERY_C(13, Q8, kind) QUERY_C(14, Q8, kind) QUERY_C(15, Q8, kind) QUERY_C(16, Q8, kind)
+QUERY_KIND(0, half) QUERY_KIND(1, q8)
+#undef QUERY_KIND
 #undef QUERY_C
 
-typedef void (*query_fn)(const attn_args *, const float *, const uint16_t *, const uint16_t *,
-                         int64_t, int64_t, float *, float *);
-typedef void (*pair_fn)(const attn_args *, const float *, const float *, const uint16_t *,
-                        const uint16_t *, int64_t, int64_t, float *, float *, float *, float *);
-static const query_fn queries[16] = {query_1,  query_2,  query_3,  query_4,  query_5,  query_6,
-                                     query_7,  query_8,  query_9,  query_10, query_11, query_12,
-                                     query_13, query_14, query_15, query_16};
-static const pair_fn pairs[16] = {pair_1, pair_2,  pair_3,  pair_4,  pair_5,  pair_6,
-                                  pair_7, pair_8,  pair_9,  pair_10, pair_11, pair_12,
-                                  pair_13, pair_14, pair_15, pair_16};
+typedef void (*query_fn)(const attn_args *, const float *, const char *, const char *, int64_t,
+                         int64_t, float *, float *);
+typedef void (*pair_fn)(const attn_args *, const float *, const float *, const char *,
+                        const char *, int64_t, int64_t, float *, float *, float *, float *);
+#define SIXTEEN(f, kind)                                                                        \
+    {f##_##kind##1,  f##_##kind##2,  f##_##kind##3,  f##_##kind##4,  f##_##kind##5,  f##_##kind##6,  \
+     f##_##kind##7,  f##_##kind##8,  f##_##kind##9,  f##_##kind##10, f##_##kind##11, f##_##kind##12, \
+     f##_##kind##13, f##_##kind##14, f##_##kind##15, f##_##kind##16}
+static const query_fn queries[2][16] = {SIXTEEN(query, half), SIXTEEN(query, q8)};
+static const pair_fn pairs[2][16] = {SIXTEEN(pair, half), SIXTEEN(pair, q8)};
+#undef SIXTEEN
 
 /* the positions new token t of row b sees: [*lo, returned] */
 static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
@@ -225,14 +298,15 @@ static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
 }
 
 TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
-    const int64_t D = a->D, slab = b * a->H * a->L * D + h * a->head_stride; /* (b, h)'s start */
-    const uint16_t *keys = a->kc + slab, *values = a->vc + slab;
+    const int64_t D = a->D, bytes = a->q8 ? 1 : 2;
+    const int64_t slab = (b * a->row_stride + h * a->head_stride) * bytes; /* (b, h)'s start */
+    const char *keys = (const char *)a->kc + slab, *values = (const char *)a->vc + slab;
     int64_t most = a->last[b] - a->T + 1 + t1; /* positions a query may see */
     float *scores = scratch_for(2 * (size_t)most * sizeof(float) + 64);
     if (!scores) return -1;
     float *second = scores + ((most + 15) & ~(int64_t)15);
-    const query_fn one = queries[(D + 15) / 16 - 1];
-    const pair_fn two = pairs[(D + 15) / 16 - 1];
+    const query_fn one = queries[a->q8 != 0][(D + 15) / 16 - 1];
+    const pair_fn two = pairs[a->q8 != 0][(D + 15) / 16 - 1];
     for (int64_t t = t0; t < t1; t++) {
         int64_t lo, position = visible(a, b, t, &lo), lo_next;
         const float *q = a->q + (b * a->T + t) * a->q_stride + h * D;

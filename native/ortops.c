@@ -38,7 +38,7 @@ typedef struct {
     const char *(*GetVersionString)(void);
 } OrtApiBase;
 
-enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 }; /* element types */
+enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT8 = 3, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 }; /* element types */
 enum { REQUIRED = 0, OPTIONAL = 1 };             /* OrtCustomOpInputOutputCharacteristic */
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 }; /* OrtErrorCode */
 
@@ -274,17 +274,21 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
  * and value omitted: query is packed [q | k | v]) over float16 caches that the caller binds as
  * both past and present, attention.c's math. Attributes num_heads, scale (0: 1/sqrt(D)),
  * local_window_size (−1: none; else a query sees that many positions, its own included) and
- * optional kv_layout (0, the default: caches [B, H, L, D]; 1: [B, L, H, D]). */
+ * optional kv_layout (0, the default: caches [B, H, L, D]; 1: [B, L, H, D]).
+ * CachedAttentionQ8: the same over int8 caches of records [B, L, H, D + 4] (D codes, then their
+ * float scale; kv_layout 1 only). */
 
 typedef struct {
     const OrtApi *api;
     int64_t heads, window, layout; /* layout 1: caches [B, L, H, D] */
     float scale;
+    int q8; /* CachedAttentionQ8: int8 records [B, L, H, D + 4] (attention.h) */
 } Attention;
+
+static const char *attention_name(const OrtCustomOp *op);
 
 static OrtStatus *create_attention(const OrtCustomOp *op, const OrtApi *api,
                                    const OrtKernelInfo *info, void **out) {
-    (void)op;
     Attention *kernel = calloc(1, sizeof(Attention));
     if (!kernel)
         return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "CachedAttention: out of memory");
@@ -297,10 +301,13 @@ static OrtStatus *create_attention(const OrtCustomOp *op, const OrtApi *api,
     if (!status)
         status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_FLOAT, GetFloat)(info, "scale", &kernel->scale);
     kernel->layout = optional_int(api, info, "kv_layout", 0);
+    kernel->q8 = op->GetName != attention_name;
     if (!status && kernel->heads < 1)
         status = fail(api, "CachedAttention: num_heads must be positive");
     if (!status && kernel->layout != 0 && kernel->layout != 1)
         status = fail(api, "CachedAttention: kv_layout must be 0 ([B, H, L, D]) or 1 ([B, L, H, D])");
+    if (!status && kernel->q8 && kernel->layout != 1)
+        status = fail(api, "CachedAttentionQ8: kv_layout must be 1 ([B, L, H, D + 4] records)");
     if (status) {
         free(kernel);
         return status;
@@ -366,7 +373,8 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     if (qr != 3 || pr != 4 || vr != 4 || sr != 1)
         return fail(api, "CachedAttention: query must be [B, T, W], caches 4-D, seqlens_k [B]");
     int64_t blhd = kernel->layout == 1; /* the cache dims' order */
-    int64_t B = qd[0], T = qd[1], H = kernel->heads, L = pd[blhd ? 1 : 2], D = pd[3];
+    int64_t B = qd[0], T = qd[1], H = kernel->heads, L = pd[blhd ? 1 : 2];
+    int64_t D = pd[3] - (kernel->q8 ? 4 : 0), record = kernel->q8 ? D + 4 : D; /* elements */
     int64_t width = H * D, packed = !in[1];
     if (pd[0] != B || pd[blhd ? 2 : 1] != H || memcmp(pd, vd, sizeof(int64_t) * 4) || sd[0] != B)
         return fail(api, blhd ? "CachedAttention: the caches are not [B, L, num_heads, D] for the "
@@ -374,7 +382,9 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
                               : "CachedAttention: the caches are not [B, num_heads, L, D] for the "
                                 "query's B, or seqlens_k is not [B]");
     if (D < 1 || D > ATTN_MAX_HEAD)
-        return fail(api, "CachedAttention: the caches' head size must be 1 to 256");
+        return fail(api, kernel->q8 ? "CachedAttentionQ8: the caches' records must hold 1 to 256 "
+                                      "codes and a 4-byte scale"
+                                    : "CachedAttention: the caches' head size must be 1 to 256");
     if (qd[2] != (packed ? 3 * width : width) ||
         (!packed && (kr != 3 || kd[0] != B || kd[1] != T || kd[2] != width)))
         return fail(api, "CachedAttention: query, key and value widths do not match the heads");
@@ -393,7 +403,7 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(outputs[1], &kc);
     if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(outputs[2], &vc);
     if (status) return status;
-    size_t cache_bytes = (size_t)(B * H * L * D) * sizeof(uint16_t);
+    size_t cache_bytes = (size_t)(B * H * L * record) * (kernel->q8 ? 1 : sizeof(uint16_t));
     if (kc != pk) memcpy(kc, pk, cache_bytes); /* not bound in place: present = past, then append */
     if (vc != pv) memcpy(vc, pv, cache_bytes);
     if (B == 0 || T == 0) return NULL;
@@ -405,9 +415,10 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     a->q_stride = packed ? 3 * width : width;
     a->kv_stride = packed ? 3 * width : width;
     a->B = B, a->T = T, a->H = H, a->D = D, a->L = L;
-    a->kc = kc, a->vc = vc, a->last = last, a->out = out;
-    a->head_stride = blhd ? D : L * D;
-    a->pos_stride = blhd ? H * D : D;
+    a->kc = kc, a->vc = vc, a->last = last, a->out = out, a->q8 = kernel->q8;
+    a->row_stride = H * L * record;
+    a->head_stride = blhd ? record : L * record;
+    a->pos_stride = blhd ? H * record : record;
     a->scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)D);
     a->window = kernel->window;
     work.blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
@@ -425,14 +436,14 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
 }
 
 static const char *attention_name(const OrtCustomOp *op) { (void)op; return "CachedAttention"; }
+static const char *attention_q8_name(const OrtCustomOp *op) { (void)op; return "CachedAttentionQ8"; }
 static int attention_input_type(const OrtCustomOp *op, size_t i) {
-    (void)op;
-    return i <= 2 ? TYPE_FLOAT : i <= 4 ? TYPE_FLOAT16 : TYPE_INT32;
+    int cache = op->GetName == attention_name ? TYPE_FLOAT16 : TYPE_INT8;
+    return i <= 2 ? TYPE_FLOAT : i <= 4 ? cache : TYPE_INT32;
 }
 static size_t attention_inputs(const OrtCustomOp *op) { (void)op; return 7; }
 static int attention_output_type(const OrtCustomOp *op, size_t i) {
-    (void)op;
-    return i == 0 ? TYPE_FLOAT : TYPE_FLOAT16;
+    return i == 0 ? TYPE_FLOAT : op->GetName == attention_name ? TYPE_FLOAT16 : TYPE_INT8;
 }
 static size_t attention_outputs(const OrtCustomOp *op) { (void)op; return 3; }
 static int attention_input_kind(const OrtCustomOp *op, size_t i) {
@@ -554,6 +565,9 @@ static const OrtCustomOp ops[] = {
     CUSTOM_OP(op_name, input_type, input_count, output_type, output_count, input_kind,
               output_kind, create_kernel, compute),
     CUSTOM_OP(attention_name, attention_input_type, attention_inputs, attention_output_type,
+              attention_outputs, attention_input_kind, output_kind, create_attention,
+              compute_attention),
+    CUSTOM_OP(attention_q8_name, attention_input_type, attention_inputs, attention_output_type,
               attention_outputs, attention_input_kind, output_kind, create_attention,
               compute_attention),
     CUSTOM_OP(norm_name, all_float, norm_inputs, all_float, norm_outputs, norm_input_kind,

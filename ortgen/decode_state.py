@@ -395,13 +395,14 @@ class SlotCache(DecodeState):
         self._buffers = grown
 
     def _zeros(self, slots: int) -> np.ndarray:
-        """A [slots, H, max_positions, D] view: of a [slots, max_positions, H, D] array where
-        the graph's caches are laid out so (the copies here index heads, then positions)."""
-        m = self.manifest
+        """A [slots, H, max_positions, record] view (record: Model.kv_record) of a
+        [slots, max_positions, H, record] array where the graph's caches are laid out so (the
+        copies here index heads, then positions)."""
+        m, record = self.manifest, self.model.kv_record
         if self.model.kv_positions_first:
-            shape = (slots, m.max_positions, m.num_heads, m.head_dim)
+            shape = (slots, m.max_positions, m.num_heads, record)
             return _lazy_zeros(shape, self.model.kv_dtype).transpose(0, 2, 1, 3)
-        return _lazy_zeros((slots, m.num_heads, m.max_positions, m.head_dim), self.model.kv_dtype)
+        return _lazy_zeros((slots, m.num_heads, m.max_positions, record), self.model.kv_dtype)
 
     def _layout(self, rows: np.ndarray) -> np.ndarray:
         """The graph's own (contiguous) layout of buffer rows `_zeros` made."""

@@ -1,8 +1,8 @@
 """ortgen's own CPU kernels (native/, compiled at install when a C compiler is there): an ONNX
 Runtime custom-op library with `ortgen.Q8MatMul`, the int8-activation block matmul (8- or 4-bit
-weights), and `ortgen.CachedAttention`, the ops of the in-place graph's native variant
-(`session` registers it), and the sampling helpers `sampling.py` calls. Found and checked here.
-SWITCH=0 turns all of it off."""
+weights), and `ortgen.CachedAttentionQ8` / `ortgen.CachedAttention` (int8 / float16 KV cache),
+the ops of the in-place graph's native variant (`session` registers it), and the sampling helpers
+`sampling.py` calls. Found and checked here. SWITCH=0 turns all of it off."""
 
 from __future__ import annotations
 

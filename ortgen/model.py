@@ -1,6 +1,7 @@
 """A loaded model folder: its manifest and an ONNX Runtime session on one of its graphs — the
 portable `model.onnx` (optimum's interface), the in-place KV graph, or that graph's native variant
-(ortgen's own kernels: int8 matmul, attention over a float16 cache) when the export wrote them."""
+(ortgen's own kernels: int8 matmul, attention over an int8 or float16 cache) when the export wrote
+them."""
 
 from __future__ import annotations
 
@@ -51,10 +52,17 @@ class Model:
 
     @property
     def kv_dtype(self) -> str:
-        """numpy dtype name of this graph's KV cache tensors (the native graph's may be half)."""
+        """numpy dtype name of this graph's KV cache tensors (the native graph's: "int8" records,
+        or "float16" in folders exported before those)."""
         if self.graph == "native":
             return self.manifest.inplace.get("native_kv_dtype", self.manifest.kv_dtype)
         return self.manifest.kv_dtype
+
+    @property
+    def kv_record(self) -> int:
+        """Last dim of this graph's cache tensors: the head size, or (int8 caches) its codes
+        followed by their 4-byte float scale."""
+        return self.manifest.head_dim + (4 if self.kv_dtype == "int8" else 0)
 
     @property
     def kv_positions_first(self) -> bool:

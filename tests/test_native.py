@@ -1,7 +1,8 @@
 """ortgen's own kernels (native/): `ortgen.Q8MatMul` (int8 activations against 8-bit or 4-bit
 weights) is built wherever the CPU can run it, computes what the packed weights mean (within the
 activations' int8 rounding, as MatMulNBits does), and gives every row the same bits whatever rows
-run beside it and whichever path (few rows or many) computes it; `ortgen.CachedAttention`."""
+run beside it and whichever path (few rows or many) computes it; `ortgen.CachedAttention` and
+`ortgen.CachedAttentionQ8`."""
 
 from __future__ import annotations
 
@@ -213,13 +214,14 @@ def test_a_library_that_does_not_load_is_reported_as_such(monkeypatch, tmp_path)
 
 
 def attention_session(
-    heads: int, packed: bool, window: int = -1, scale: float = 0.0, layout: int = 0
+    heads: int, packed: bool, window: int = -1, scale: float = 0.0, layout: int = 0, q8=False
 ):
     """layout 0: caches [B, H, L, D]; 1: [B, L, H, D] (the tests hold them as [B, H, L, D]
-    views either way, see random_caches)."""
+    views either way, see random_caches). q8: CachedAttentionQ8 over int8 records (layout 1)."""
     new = ["qkv", "", ""] if packed else ["q", "k", "v"]
+    cache_type = TensorProto.INT8 if q8 else TensorProto.FLOAT16
     node = helper.make_node(
-        "CachedAttention",
+        "CachedAttentionQ8" if q8 else "CachedAttention",
         [*new, "past_key", "past_value", "seqlens_k", "total"],
         ["out", "present_key", "present_value"],
         domain=kernels.DOMAIN,
@@ -230,10 +232,10 @@ def attention_session(
     )
     tensor = helper.make_tensor_value_info
     inputs = [tensor(n, TensorProto.FLOAT, None) for n in (["qkv"] if packed else ["q", "k", "v"])]
-    inputs += [tensor(n, TensorProto.FLOAT16, None) for n in ("past_key", "past_value")]
+    inputs += [tensor(n, cache_type, None) for n in ("past_key", "past_value")]
     inputs += [tensor(n, TensorProto.INT32, None) for n in ("seqlens_k", "total")]
     outputs = [tensor("out", TensorProto.FLOAT, None)]
-    outputs += [tensor(n, TensorProto.FLOAT16, None) for n in ("present_key", "present_value")]
+    outputs += [tensor(n, cache_type, None) for n in ("present_key", "present_value")]
     session = native_session(helper.make_graph([node], "attention", inputs, outputs))
     session.kv_layout = layout
     return session
@@ -423,6 +425,93 @@ def test_cached_attention_spreads_a_nan_and_reaches_far_positions():
     out = attend(session, qkv, caches, [4150])
     expected = attention_reference(qkv, caches, [4150], -1, 0.25)
     assert np.abs(out - expected).max() < 1e-5
+
+
+def q8_records(x: np.ndarray) -> np.ndarray:
+    """float32 [..., D] → the kernel's int8 records [..., D + 4]: codes round(x × 127 / max|x|)
+    (float32 arithmetic, ties to even), then the float32 scale max|x| / 127."""
+    x = x.astype(np.float32)
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    codes = np.clip(np.rint(x * inv), -128, 127).astype(np.int8)
+    scale = (amax / np.float32(127)).astype(np.float32)
+    return np.concatenate([codes, scale.view(np.int8)], axis=-1)
+
+
+def q8_values(records: np.ndarray) -> np.ndarray:
+    """int8 records [..., D + 4] → the float64 values they hold (code × scale)."""
+    scale = np.ascontiguousarray(records[..., -4:]).view(np.float32)
+    return records[..., :-4].astype(np.float64) * scale
+
+
+def q8_caches(rng, rows, heads, positions, size, filled):
+    """[B, H, L, D + 4] views of int8 record caches [B, L, H, D + 4], rows filled up to `filled`"""
+    shape = (rows, positions, heads, size + 4)
+    caches = [np.zeros(shape, np.int8).transpose(0, 2, 1, 3) for _ in range(2)]
+    for cache in caches:
+        for b in range(rows):
+            cache[b, :, : filled[b]] = q8_records(rng.normal(size=(heads, filled[b], size)))
+    return caches
+
+
+@pytest.mark.parametrize(
+    "heads, size, rows, tokens, window",
+    [(2, 64, 1, 37, -1), (3, 64, 3, 1, -1), (2, 24, 2, 1, 5), (4, 8, 1, 19, 6)],
+)
+def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
+    heads, size, rows, tokens, window
+):
+    """New keys and values become int8 records exactly as q8_records makes them; every query
+    attends over the values its row's records hold (a float64 reference)."""
+    rng = np.random.default_rng(heads * size + tokens)
+    filled = rng.integers(0, 30, rows)
+    caches = q8_caches(rng, rows, heads, 64, size, filled)
+    before = [c.copy() for c in caches]
+    qkv = (rng.normal(size=(rows, tokens, 3 * heads * size)) * 2).astype(np.float32)
+    last = filled + tokens - 1
+    session = attention_session(heads, True, window, 0.0, layout=1, q8=True)
+    out = attend(session, qkv, caches, last)
+    width = heads * size
+    for b in range(rows):
+        new = slice(filled[b], filled[b] + tokens)
+        for kind, cache in enumerate(caches):
+            fresh = qkv[b, :, (kind + 1) * width : (kind + 2) * width].reshape(tokens, heads, size)
+            assert np.array_equal(cache[b, :, new], q8_records(fresh.transpose(1, 0, 2)))
+            cache_was = before[kind][b].copy()
+            cache_was[:, new] = cache[b, :, new]
+            assert np.array_equal(cache[b], cache_was)  # nothing else written
+    held = [q8_values(c) for c in caches]
+    expected = attention_reference(qkv, held, last, window, 1 / np.sqrt(size))
+    assert np.abs(out - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run():
+    """As the float16 cache does: a prompt whole, in parts, or token by token beside another
+    row gives every token the same bits."""
+    heads, size, tokens = 3, 64, 41
+    rng = np.random.default_rng(6)
+    session = attention_session(heads, packed=True, layout=1, q8=True)
+    qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
+    whole = attend(session, qkv, q8_caches(rng, 1, heads, 64, size, [0]), [tokens - 1])[0]
+    caches, parts = q8_caches(rng, 1, heads, 64, size, [0]), []
+    for start, end in [(0, 16), (16, 17), (17, 40), (40, 41)]:
+        parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
+    assert np.array_equal(np.concatenate(parts), whole)
+    other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
+    pair = q8_caches(rng, 2, heads, 64, size, [0, 0])
+    for t in range(tokens):  # row 1 another prompt, one token apart
+        rows = np.concatenate([qkv[:, t : t + 1], other[:, t : t + 1]])
+        assert np.array_equal(attend(session, rows, pair, [t, t])[0, 0], whole[t]), t
+
+
+def test_q8_cached_attention_turns_a_nan_key_into_nan_outputs_of_its_head():
+    rng = np.random.default_rng(9)
+    session = attention_session(2, packed=True, layout=1, q8=True)
+    caches = q8_caches(rng, 1, 2, 32, 16, [5])
+    qkv = rng.normal(size=(1, 1, 96)).astype(np.float32)
+    qkv[0, 0, 32 + 16 + 3] = np.nan  # head 1's new key
+    out = attend(session, qkv, caches, [5])[0, 0]
+    assert np.isnan(out[16:]).all() and np.isfinite(out[:16]).all()
 
 
 # ---- ortgen.SkipNorm: SkipLayerNormalization's interface, one row at a time ----

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -206,11 +207,11 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
 ):
     """Where ortgen's kernels run, a quantized export writes the in-place graph's native variant
     (every MatMulNBits → ortgen.Q8MatMul of the same bits, every GroupQueryAttention →
-    ortgen.CachedAttention over a float16 cache, every SkipLayerNormalization → ortgen.SkipNorm),
+    ortgen.CachedAttentionQ8 over an int8 cache, every SkipLayerNormalization → ortgen.SkipNorm),
     proves it against transformers with the others, and the runtime picks it."""
     folder = quantized[(arch, precision)]
     manifest = read_manifest(folder)
-    assert manifest.inplace["native_kv_dtype"] == "float16"
+    assert manifest.inplace["native_kv_dtype"] == "int8"
     native = onnx.load(str(folder / manifest.inplace["native_file"]), load_external_data=False)
     inplace = onnx.load(str(folder / manifest.inplace["file"]), load_external_data=False)
     ops = Counter(n.op_type for n in native.graph.node)
@@ -222,10 +223,12 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
         if n.op_type == "Q8MatMul"
     }
     assert widths == {bits}
-    assert ops["CachedAttention"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
-    assert manifest.inplace["native_kv_layout"] == "BLHD"  # caches [B, L, H, D]
+    assert ops["CachedAttentionQ8"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
+    assert manifest.inplace["native_kv_layout"] == "BLHD"  # caches [B, L, H, D + 4]
     caches = [v for v in native.graph.input if v.name.startswith("past_key_values")]
     assert {v.type.tensor_type.shape.dim[2].dim_value for v in caches} == {manifest.num_heads}
+    assert {v.type.tensor_type.shape.dim[3].dim_value for v in caches} == {manifest.head_dim + 4}
+    assert {v.type.tensor_type.elem_type for v in caches} == {TensorProto.INT8}
     made_by = {out: n.op_type for n in native.graph.node for out in n.output}
     adds = [n for n in native.graph.node if n.op_type == "Add"]
     assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
@@ -267,45 +270,65 @@ def test_the_session_keeps_one_copy_of_the_tied_table(
     assert any(n.op_type == "Reshape" and n.input[0] == tables[0].name for n in graph.node)
 
 
-@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
-def test_a_native_folder_from_before_the_positions_first_cache_runs_alike(
-    arch, quantized, tmp_path
-):
-    """Folders exported before the [B, L, H, D] cache: CachedAttention without kv_layout over
-    [B, H, L, D] caches, no native_kv_layout in the manifest. The runtime still runs their native
-    graph, with the same numbers (only where the cache bytes sit differs)."""
+def as_float16_cache_folder(new: Path, old: Path, positions_first: bool) -> None:
+    """A copy of native folder `new` as exports before the int8 cache wrote it: CachedAttention
+    over float16 caches [B, L, H, D] (`positions_first`), or, before that, [B, H, L, D] with no
+    kv_layout attribute and no native_kv_layout in the manifest."""
     import json
     import shutil
 
-    from ortgen.decode_state import DecodeState
     from ortgen_export.native import swap_heads_and_positions
 
-    new = quantized[(arch, "int8")]
-    old = tmp_path / "old"
     shutil.copytree(new, old)
     manifest = json.loads((old / "ortgen.json").read_text())
-    del manifest["inplace"]["native_kv_layout"]
+    manifest["inplace"]["native_kv_dtype"] = "float16"
+    if not positions_first:
+        del manifest["inplace"]["native_kv_layout"]
     (old / "ortgen.json").write_text(json.dumps(manifest))
     path = old / manifest["inplace"]["native_file"]
     graph = onnx.load(str(path), load_external_data=False)  # weights stay in model.onnx
     for node in graph.graph.node:
-        kept = [a for a in node.attribute if a.name != "kv_layout"]
+        if node.op_type == "CachedAttentionQ8":
+            node.op_type = "CachedAttention"
+        kept = [a for a in node.attribute if positions_first or a.name != "kv_layout"]
         del node.attribute[:]
         node.attribute.extend(kept)
     for value in [*graph.graph.input, *graph.graph.output]:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            swap_heads_and_positions(value)  # [B, L, H, D] → [B, H, L, D]
+        if value.type.tensor_type.elem_type == TensorProto.INT8:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+            value.type.tensor_type.shape.dim[3].dim_value -= 4  # no scale after the values
+            if not positions_first:
+                swap_heads_and_positions(value)  # [B, L, H, D] → [B, H, L, D]
     onnx.save(graph, str(path))
-    runs = {}
-    for folder in (new, old):
-        generator = Generator.from_dir(folder)
-        assert generator.model.graph == "native"
-        state = DecodeState.for_model(generator.model)
-        logits = [state.prefill([[5, 9, 2, 7, 1, 3], [4, 8]])]
-        logits += [state.step(np.array([11, 12])) for _ in range(3)]
-        runs[folder] = logits
-    assert not Generator.from_dir(old).model.kv_positions_first
-    assert all(np.array_equal(a, b) for a, b in zip(runs[new], runs[old], strict=True))
+
+
+def native_runs(folder: Path) -> list[np.ndarray]:
+    """Logits of a two-row prefill and three decode steps through `folder`'s native graph."""
+    from ortgen.decode_state import DecodeState
+
+    generator = Generator.from_dir(folder)
+    assert generator.model.graph == "native"
+    state = DecodeState.for_model(generator.model)
+    logits = [state.prefill([[5, 9, 2, 7, 1, 3], [4, 8]])]
+    return logits + [state.step(np.array([11, 12])) for _ in range(3)]
+
+
+@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
+def test_native_folders_from_before_the_int8_cache_still_run(arch, quantized, tmp_path):
+    """Folders exported with a float16 cache, [B, L, H, D] or (before that) [B, H, L, D]: the
+    runtime still runs their native graph, the two layouts with the same numbers (only where
+    the cache bytes sit differs), and the int8 records' numbers stay close to them."""
+    new = quantized[(arch, "int8")]
+    for positions_first in (True, False):
+        as_float16_cache_folder(new, tmp_path / str(positions_first), positions_first)
+    half, half_bhld, records = (
+        native_runs(f) for f in (tmp_path / "True", tmp_path / "False", new)
+    )
+    assert not Generator.from_dir(tmp_path / "False").model.kv_positions_first
+    assert Generator.from_dir(tmp_path / "True").model.kv_dtype == "float16"
+    assert all(np.array_equal(a, b) for a, b in zip(half, half_bhld, strict=True))
+    for a, b in zip(records, half, strict=True):
+        assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
 
 
 def test_native_graph_is_for_quantized_folders_and_can_be_switched_off(
