@@ -2,7 +2,9 @@
 serve` on the 124M int8 folder (random weights), optionally against llama.cpp's `llama-server` on
 the same GGUF: aggregate tokens/s, p50/p99 time to first token and inter-token latency, medians of
 interleaved rounds, and issue 10's goals as within-round ratios; a table, and JSON and Markdown
-beside it. Smoke run:
+beside it. Every level sends at least --requests requests (a client sends its share one after
+another), so a single client's p99 rests on as many gaps as 16 clients' do, not on one stream's
+second-longest. Smoke run:
 `python -m bench.serving --model DIR --clients 1 4 --new-tokens 8` (a small folder may need
 `--prompt-tokens 16 64`)."""
 
@@ -60,22 +62,32 @@ async def one_client(client: httpx.AsyncClient, body: dict) -> tuple[float, list
     return stamps[0] - start, list(np.diff(stamps)), len(stamps)
 
 
-async def run_clients(url: str, clients: int, new_tokens: int, seed: int, args) -> tuple:
+async def run_clients(
+    url: str, clients: int, new_tokens: int, seed: int, args, requests: int = 1
+) -> tuple:
+    """`clients` concurrent clients, each sending its share of at least `requests` requests one
+    after another. → (each request's one_client result, wall seconds)"""
     rng = np.random.default_rng(seed)
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
+    each = -(-max(requests, clients) // clients)  # requests per client
     bodies = [
         {"model": "m", "prompt": prompt_text(rng, args.prompt_tokens, tokenizer)}
         | {"max_tokens": new_tokens}
         | {"stream": True}
         | {"temperature": 0, "min_tokens": new_tokens}  # llama-server: "min_tokens" too
-        for _ in range(clients)
+        for _ in range(clients * each)
     ]
+
+    async def sequential(client: httpx.AsyncClient, mine: list[dict]) -> list:
+        return [await one_client(client, body) for body in mine]
+
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_client(client, b) for b in bodies))
+        shares = [bodies[c * each : (c + 1) * each] for c in range(clients)]
+        done = await asyncio.gather(*(sequential(client, mine) for mine in shares))
         wall = time.perf_counter() - start
-    return results, wall
+    return [result for share in done for result in share], wall
 
 
 def summarise(system: str, clients: int, results: list, wall: float) -> Result:
@@ -137,7 +149,8 @@ def measure_one(system: str, command, args, clients: int) -> Result:
     try:
         wait_healthy(url, process)
         asyncio.run(run_clients(url, 1, 4, 99, args))  # warm-up
-        runs, wall = asyncio.run(run_clients(url, clients, args.new_tokens, clients, args))
+        work = run_clients(url, clients, args.new_tokens, clients, args, args.requests)
+        runs, wall = asyncio.run(work)
         return summarise(system, clients, runs, wall)
     finally:
         process.terminate()
@@ -244,7 +257,8 @@ def table(results: list[Result], rounds: int, args) -> str:
     head = (
         f"{platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, "
         f"threads {args.threads}, prompts {args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, "
-        f"{args.new_tokens} new tokens, ortgen --prefill-chunk {args.prefill_chunk}, "
+        f"{args.new_tokens} new tokens, at least {args.requests} requests a level (clients send "
+        f"theirs one after another), ortgen --prefill-chunk {args.prefill_chunk}, "
         f"medians of {rounds} interleaved rounds"
     )
     rows = [
@@ -273,6 +287,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(16, 128))
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=16,
+        help="requests per level at least: fewer clients send theirs one after another, so "
+        "every level's percentiles rest on as many gaps",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefill-chunk", type=int, default=128, help="ortgen serve's")
     parser.add_argument(
@@ -296,8 +317,8 @@ def main() -> None:
             args.model = built["ortgen-int8"]["path"]
         if args.llama_server is not None and args.gguf is None:
             args.gguf = built["llamacpp-q8_0"]["path"]
-    if args.rounds < 1:
-        raise SystemExit("--rounds must be at least 1")
+    if args.rounds < 1 or args.requests < 1:
+        raise SystemExit("--rounds and --requests must be at least 1")
     if not (args.model / "ortgen.json").is_file():
         raise SystemExit(f"{args.model} is no ortgen folder: build it with bench.prepare first")
     if args.gguf is not None and args.llama_server is None:
