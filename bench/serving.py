@@ -81,7 +81,9 @@ async def run_clients(
     async def sequential(client: httpx.AsyncClient, mine: list[dict]) -> list:
         return [await one_client(client, body) for body in mine]
 
-    limits = httpx.Limits(max_connections=clients)
+    # a fresh connection per request: llama-server drops a kept-alive one after a couple of
+    # streamed responses ("Server disconnected without sending a response")
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         start = time.perf_counter()
         shares = [bodies[c * each : (c + 1) * each] for c in range(clients)]
