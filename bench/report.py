@@ -180,12 +180,20 @@ def goals(results: dict, share: float | None, flat: float | None) -> list[str]:
             name = f"{system.removeprefix('ortgen-')} peak RSS ≤ 1.0× {peer}"
             checks.append((name, rss[0] / rss[1], 1.0, False))
     rows = [(n, v, b, up) for n, v, b, up in checks if v is not None]
-    if not rows:
-        return []
-    lines = ["\n| goal | measured | holds |", "|---|---|---|"]
+    return ["", *goal_lines(rows)] if rows else []
+
+
+def holds(value: float, bound: float, at_least: bool) -> bool:
+    return value >= bound if at_least else value <= bound
+
+
+def goal_lines(rows: list[tuple[str, float, float, bool]]) -> list[str]:
+    """A Markdown goal table from (goal, measured, bound, at least?) rows."""
+    lines = ["| goal | measured | holds |", "|---|---|---|"]
     for name, value, bound, at_least in rows:
-        holds = value >= bound if at_least else value <= bound
-        lines.append(f"| {name} | {value:.2f} | {'yes' if holds else 'no'} |")
+        lines.append(
+            f"| {name} | {value:.2f} | {'yes' if holds(value, bound, at_least) else 'no'} |"
+        )
     return lines
 
 

@@ -26,6 +26,8 @@ import httpx
 import numpy as np
 from tokenizers import Tokenizer
 
+from bench.report import goal_lines, holds
+
 BENCH = Path(__file__).parent
 DEFAULT_MODEL = BENCH / "work" / "gpt2-int8"  # bench.prepare builds it (bench/checkpoints.py)
 
@@ -194,8 +196,8 @@ def medians(rounds: list[list[Result]]) -> list[Result]:
 FIGURES = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
 
 
-def goals(rounds: list[list[Result]], args) -> list[tuple[str, float, bool]]:
-    """Issue 10's goals as (goal, median over rounds of the round's ratio, holds)."""
+def goals(rounds: list[list[Result]], args) -> list[tuple[str, float, float, bool]]:
+    """Issue 10's goals as (goal, median over rounds of the round's ratio, bound, at least?)."""
 
     def ratio(a: tuple, b: tuple, figure: str) -> float | None:
         values = []
@@ -249,7 +251,7 @@ def goals(rounds: list[list[Result]], args) -> list[tuple[str, float, bool]]:
     for name, a, b, figure, bound, at_least in wanted:
         value = ratio(a, b, figure)
         if value is not None:
-            out.append((name, value, value >= bound if at_least else value <= bound))
+            out.append((name, value, bound, at_least))
     return out
 
 
@@ -273,13 +275,6 @@ def table(results: list[Result], rounds: int, args) -> str:
             f"{r.ttft_p99_ms:>8.0f}{r.itl_p50_ms:>9.1f}{r.itl_p99_ms:>8.1f}"
         )
     return "\n".join([head, *rows])
-
-
-def goal_table(checked: list[tuple[str, float, bool]]) -> str:
-    """Markdown: each goal, its median ratio (within-round ratios), whether it holds."""
-    rows = ["| goal | measured | holds |", "|---|---|---|"]
-    rows += [f"| {name} | {value:.2f} | {'yes' if ok else 'no'} |" for name, value, ok in checked]
-    return "\n".join(rows)
 
 
 def main() -> None:
@@ -332,17 +327,20 @@ def main() -> None:
     results, checked = medians(rounds), goals(rounds, args)
     report = table(results, len(rounds), args)
     print(report)
-    print(goal_table(checked))
+    goal_table = "\n".join(goal_lines(checked))
+    print(goal_table)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {
         "header": report.splitlines()[0],
         "results": [asdict(r) for r in results],
-        "goals": [{"goal": n, "measured": v, "holds": ok} for n, v, ok in checked],
+        "goals": [
+            {"goal": n, "measured": v, "holds": holds(v, bound, up)} for n, v, bound, up in checked
+        ],
         "rounds": [[asdict(r) for r in results] for results in rounds],
     }
     (args.out / f"serving-{stamp}.json").write_text(json.dumps(record, indent=2))
-    (args.out / f"serving-{stamp}.md").write_text(f"```\n{report}\n```\n\n{goal_table(checked)}\n")
+    (args.out / f"serving-{stamp}.md").write_text(f"```\n{report}\n```\n\n{goal_table}\n")
 
 
 if __name__ == "__main__":

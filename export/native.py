@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from ortgen.kernels import DOMAIN
+from ortgen.kernels import DOMAIN, KV_SCALE_BYTES
 
 FILE = "inplace.native.onnx"
 OP = "Q8MatMul"
@@ -22,7 +22,6 @@ NORM = "SkipNorm"
 # int8 codes and their float32 scale, [B, L, H, D + KV_SCALE_BYTES] (folders written before
 # hold "float16" [B, L, H, D] caches, which the runtime still runs: CachedAttention)
 KV_DTYPE = "int8"
-KV_SCALE_BYTES = 4
 # ... laid out [B, L, H, ·] (manifest inplace.native_kv_layout): a row's positions stay together,
 # so a step's cache reads are one stream per row instead of one per (row, head)
 KV_LAYOUT = "BLHD"

@@ -21,9 +21,13 @@ INLINE TARGET __m512 load_kv(const int Q8, const char *at, __mmask16 mask) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at));
 }
 
+/* bytes a cached value takes: an int8 code or a float16 */
+INLINE int64_t kv_bytes(const int Q8) { return Q8 ? 1 : 2; }
+
 /* an int8 record's scale: the float after its D codes */
 INLINE float record_scale(const char *record, int64_t D) {
     float scale;
+    _Static_assert(sizeof scale == ATTN_SCALE_BYTES, "q8 records end in a float");
     memcpy(&scale, record + D, sizeof scale);
     return scale;
 }
@@ -51,7 +55,7 @@ static TARGET void store_codes(const float *x, int64_t D, char *record) {
 }
 
 TARGET void attn_store(const attn_args *a, int64_t b, int64_t h) {
-    int64_t first = a->last[b] - a->T + 1, bytes = a->q8 ? 1 : 2;
+    int64_t first = a->last[b] - a->T + 1, bytes = kv_bytes(a->q8);
     for (int64_t t = 0; t < a->T; t++) {
         const float *k = a->k + (b * a->T + t) * a->kv_stride + h * a->D;
         const float *v = a->v + (b * a->T + t) * a->kv_stride + h * a->D;
@@ -87,7 +91,7 @@ INLINE TARGET __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 /* q · key for C chunks of 16 (the last one masked by `tail`); Q8: the codes' dot */
 INLINE TARGET __m512 dot(const int C, const int Q8, const __m512 *q, const char *key,
                          __mmask16 tail) {
-    const int bytes = Q8 ? 1 : 2;
+    const int64_t bytes = kv_bytes(Q8);
     __m512 acc = _mm512_mul_ps(q[0], load_kv(Q8, key, C == 1 ? tail : 0xFFFF));
     for (int c = 1; c < C; c++)
         acc = _mm512_fmadd_ps(q[c], load_kv(Q8, key + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF),
@@ -106,7 +110,7 @@ INLINE TARGET __m128 four_scales(const char *key, int64_t P, int64_t D) {
 INLINE TARGET void scores_from(const int C, const int Q8, const attn_args *a, const __m512 *qv,
                                const char *keys, int64_t lo, int64_t j, int64_t n,
                                __mmask16 tail, float *scores) {
-    const int64_t P = a->pos_stride * (Q8 ? 1 : 2); /* bytes */
+    const int64_t P = a->pos_stride * kv_bytes(Q8); /* bytes */
     const __m128 scale4 = _mm_set1_ps(a->scale);
     for (; j + 4 <= n; j += 4) {
         const char *key = keys + (lo + j) * P;
@@ -145,7 +149,7 @@ INLINE TARGET void values_from(const int C, const int Q8, const attn_args *a,
                                const char *values, int64_t lo, int64_t j, int64_t n,
                                __mmask16 tail, const float *scores, __m512 *even, __m512 *odd,
                                __m512 inverse, float *out) {
-    const int64_t P = a->pos_stride * (Q8 ? 1 : 2), bytes = Q8 ? 1 : 2;
+    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
     for (; j + 2 <= n; j += 2) {
         const char *value = values + (lo + j) * P;
         __m512 w0 = _mm512_set1_ps(Q8 ? scores[j] * record_scale(value, a->D) : scores[j]);
@@ -197,7 +201,7 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
                                const float *q1, const char *keys, const char *values,
                                int64_t lo, int64_t hi, float *scores0, float *scores1,
                                float *out0, float *out1) {
-    const int64_t bytes = Q8 ? 1 : 2, P = a->pos_stride * bytes;
+    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
     const int64_t n = hi - lo + 1; /* the second query sees n + 1 */
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 qa[ATTN_MAX_HEAD / 16], qb[ATTN_MAX_HEAD / 16];
@@ -298,7 +302,7 @@ static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
 }
 
 TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
-    const int64_t D = a->D, bytes = a->q8 ? 1 : 2;
+    const int64_t D = a->D, bytes = kv_bytes(a->q8);
     const int64_t slab = (b * a->row_stride + h * a->head_stride) * bytes; /* (b, h)'s start */
     const char *keys = (const char *)a->kc + slab, *values = (const char *)a->vc + slab;
     int64_t most = a->last[b] - a->T + 1 + t1; /* positions a query may see */

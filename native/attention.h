@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #define ATTN_MAX_HEAD 256 /* head sizes up to this */
+#define ATTN_SCALE_BYTES 4 /* q8 records: the float scale after the codes */
 
 typedef struct {
     const float *q;       /* [B, T, q_stride]: the query at offset 0 of a token's row */

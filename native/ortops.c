@@ -374,7 +374,7 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
         return fail(api, "CachedAttention: query must be [B, T, W], caches 4-D, seqlens_k [B]");
     int64_t blhd = kernel->layout == 1; /* the cache dims' order */
     int64_t B = qd[0], T = qd[1], H = kernel->heads, L = pd[blhd ? 1 : 2];
-    int64_t D = pd[3] - (kernel->q8 ? 4 : 0), record = kernel->q8 ? D + 4 : D; /* elements */
+    int64_t record = pd[3], D = record - (kernel->q8 ? ATTN_SCALE_BYTES : 0); /* elements */
     int64_t width = H * D, packed = !in[1];
     if (pd[0] != B || pd[blhd ? 2 : 1] != H || memcmp(pd, vd, sizeof(int64_t) * 4) || sd[0] != B)
         return fail(api, blhd ? "CachedAttention: the caches are not [B, L, num_heads, D] for the "

@@ -15,6 +15,9 @@ import numpy as np
 
 DOMAIN = "ortgen"  # custom-op domain of the native graph's nodes
 SWITCH = "ORTGEN_NATIVE"  # set to 0: never pick the native graph by default
+# CachedAttentionQ8's cache records: D int8 codes, then their float32 scale (ATTN_SCALE_BYTES in
+# native/attention.h)
+KV_SCALE_BYTES = 4
 
 
 def library() -> str | None:

@@ -62,7 +62,7 @@ class Model:
     def kv_record(self) -> int:
         """Last dim of this graph's cache tensors: the head size, or (int8 caches) its codes
         followed by their 4-byte float scale."""
-        return self.manifest.head_dim + (4 if self.kv_dtype == "int8" else 0)
+        return self.manifest.head_dim + (kernels.KV_SCALE_BYTES if self.kv_dtype == "int8" else 0)
 
     @property
     def kv_positions_first(self) -> bool:

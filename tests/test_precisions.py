@@ -15,7 +15,7 @@ import pytest
 from cpu import runs_native_kernels
 from onnx import TensorProto, helper, numpy_helper
 
-from ortgen import Generator
+from ortgen import Generator, kernels
 from ortgen.errors import ExportError, InvalidOptionError, ModelFolderError, ParityError
 from ortgen.manifest import read_manifest
 from ortgen_export import ExportOptions, export_model
@@ -227,7 +227,8 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
     assert manifest.inplace["native_kv_layout"] == "BLHD"  # caches [B, L, H, D + 4]
     caches = [v for v in native.graph.input if v.name.startswith("past_key_values")]
     assert {v.type.tensor_type.shape.dim[2].dim_value for v in caches} == {manifest.num_heads}
-    assert {v.type.tensor_type.shape.dim[3].dim_value for v in caches} == {manifest.head_dim + 4}
+    records = {v.type.tensor_type.shape.dim[3].dim_value for v in caches}
+    assert records == {manifest.head_dim + kernels.KV_SCALE_BYTES}
     assert {v.type.tensor_type.elem_type for v in caches} == {TensorProto.INT8}
     made_by = {out: n.op_type for n in native.graph.node for out in n.output}
     adds = [n for n in native.graph.node if n.op_type == "Add"]
@@ -296,7 +297,7 @@ def as_float16_cache_folder(new: Path, old: Path, positions_first: bool) -> None
     for value in [*graph.graph.input, *graph.graph.output]:
         if value.type.tensor_type.elem_type == TensorProto.INT8:
             value.type.tensor_type.elem_type = TensorProto.FLOAT16
-            value.type.tensor_type.shape.dim[3].dim_value -= 4  # no scale after the values
+            value.type.tensor_type.shape.dim[3].dim_value -= kernels.KV_SCALE_BYTES  # no scale
             if not positions_first:
                 swap_heads_and_positions(value)  # [B, L, H, D] → [B, H, L, D]
     onnx.save(graph, str(path))
