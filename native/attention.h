@@ -1,8 +1,9 @@
 /* Causal attention over a KV cache that stays in place: each row's cache is a [H, L, D] or
- * [L, H, D] slab (L positions preallocated; the second keeps a row's positions together, one
- * stream for all its heads), new tokens' keys and values are appended into it, and every query
+ * [L, H, D] slab (L positions preallocated; in the first each head's positions are one contiguous
+ * stream, which a decode step reads fastest), new tokens' keys and values are appended into it,
+ * and every query
  * attends to its row's cached keys up to its own position (within a local window where one is
- * set). The cache holds float16 values, or (`q8`, [L, H] only) per position and head a record of
+ * set). The cache holds float16 values, or (`q8`) per position and head a record of
  * D int8 codes and their float scale (value = code × scale, the scale max|value| / 127): half the
  * bytes again that a decode step late in a long context reads. Scores, softmax and sums are
  * float32. Each query is computed by the same instruction sequence whatever the other rows,
@@ -21,8 +22,8 @@ typedef struct {
     const float *k, *v;   /* [B, T, kv_stride] new keys and values (may point into q's rows) */
     int64_t q_stride, kv_stride;
     int64_t B, T, H, D, L; /* rows, new tokens per row, heads, head size, cache positions */
-    void *kc, *vc;        /* caches: float16 [B, H, L, D] or [B, L, H, D]; q8: [B, L, H, D + 4]
-                             bytes, each (position, head) D int8 codes, then a float scale */
+    void *kc, *vc;        /* caches: float16 [B, H, L, D] or [B, L, H, D]; q8: the same with
+                             D + 4 bytes a (position, head): D int8 codes, then a float scale */
     int q8;               /* 1: int8 records */
     int64_t row_stride, head_stride, pos_stride; /* elements (q8: bytes) from one row, head,
                                                     position to the next */

@@ -275,14 +275,14 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
  * both past and present, attention.c's math. Attributes num_heads, scale (0: 1/sqrt(D)),
  * local_window_size (−1: none; else a query sees that many positions, its own included) and
  * optional kv_layout (0, the default: caches [B, H, L, D]; 1: [B, L, H, D]).
- * CachedAttentionQ8: the same over int8 caches of records [B, L, H, D + 4] (D codes, then their
- * float scale; kv_layout 1 only). */
+ * CachedAttentionQ8: the same over int8 caches of records [B, H, L, D + 4] or [B, L, H, D + 4]
+ * (D codes, then their float scale). */
 
 typedef struct {
     const OrtApi *api;
     int64_t heads, window, layout; /* layout 1: caches [B, L, H, D] */
     float scale;
-    int q8; /* CachedAttentionQ8: int8 records [B, L, H, D + 4] (attention.h) */
+    int q8; /* CachedAttentionQ8: int8 records of D + 4 bytes (attention.h) */
 } Attention;
 
 static const char *attention_name(const OrtCustomOp *op);
@@ -306,8 +306,6 @@ static OrtStatus *create_attention(const OrtCustomOp *op, const OrtApi *api,
         status = fail(api, "CachedAttention: num_heads must be positive");
     if (!status && kernel->layout != 0 && kernel->layout != 1)
         status = fail(api, "CachedAttention: kv_layout must be 0 ([B, H, L, D]) or 1 ([B, L, H, D])");
-    if (!status && kernel->q8 && kernel->layout != 1)
-        status = fail(api, "CachedAttentionQ8: kv_layout must be 1 ([B, L, H, D + 4] records)");
     if (status) {
         free(kernel);
         return status;

@@ -62,8 +62,9 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)  # parity report against transformers
     # The in-place KV graph beside model.onnx (GroupQueryAttention on preallocated cache buffers
     # shared by past and present; the same weights): {"file", "seqlens_k", "total_length",
-    # "weights", and "native_file" + "native_kv_dtype" (+ "native_kv_layout": "BLHD" where its
-    # caches are [B, L, H, D]) where its variant on ortgen's kernels exists}; {} none
+    # "weights", and "native_file" + "native_kv_dtype" + "native_kv_layout" ("BHLD": caches
+    # [B, H, L, ·]; "BLHD": [B, L, H, ·]; absent: [B, H, L, ·]) where its variant on ortgen's
+    # kernels exists}; {} none
     inplace: dict[str, Any] = field(default_factory=dict)
     min_onnxruntime: str = MIN_ONNXRUNTIME  # oldest onnxruntime that runs these graphs right
     format_version: int = FORMAT_VERSION  # bumped on incompatible changes

@@ -66,8 +66,8 @@ class Model:
 
     @property
     def kv_positions_first(self) -> bool:
-        """Whether this graph's cache tensors are [B, L, H, D] (the native graph's, from exports
-        that say so) rather than [B, H, L, D]."""
+        """Whether this graph's cache tensors are [B, L, H, D] (the native graph's, from the
+        exports of 2026-12-04, whose manifests say so) rather than [B, H, L, D]."""
         return self.graph == "native" and self.manifest.inplace.get("native_kv_layout") == "BLHD"
 
     @property

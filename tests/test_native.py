@@ -217,7 +217,7 @@ def attention_session(
     heads: int, packed: bool, window: int = -1, scale: float = 0.0, layout: int = 0, q8=False
 ):
     """layout 0: caches [B, H, L, D]; 1: [B, L, H, D] (the tests hold them as [B, H, L, D]
-    views either way, see random_caches). q8: CachedAttentionQ8 over int8 records (layout 1)."""
+    views either way, see random_caches). q8: CachedAttentionQ8 over int8 records."""
     new = ["qkv", "", ""] if packed else ["q", "k", "v"]
     cache_type = TensorProto.INT8 if q8 else TensorProto.FLOAT16
     node = helper.make_node(
@@ -444,10 +444,10 @@ def q8_values(records: np.ndarray) -> np.ndarray:
     return records[..., :-4].astype(np.float64) * scale
 
 
-def q8_caches(rng, rows, heads, positions, size, filled):
-    """[B, H, L, D + 4] views of int8 record caches [B, L, H, D + 4], rows filled up to `filled`"""
-    shape = (rows, positions, heads, size + 4)
-    caches = [np.zeros(shape, np.int8).transpose(0, 2, 1, 3) for _ in range(2)]
+def q8_caches(rng, rows, heads, positions, size, filled, layout=0):
+    """[B, H, L, D + 4] views of int8 record caches in `layout`, rows filled up to `filled`"""
+    shape = (rows, positions, heads, size + 4) if layout else (rows, heads, positions, size + 4)
+    caches = [stored(np.zeros(shape, np.int8), layout) for _ in range(2)]
     for cache in caches:
         for b in range(rows):
             cache[b, :, : filled[b]] = q8_records(rng.normal(size=(heads, filled[b], size)))
@@ -458,18 +458,20 @@ def q8_caches(rng, rows, heads, positions, size, filled):
     "heads, size, rows, tokens, window",
     [(2, 64, 1, 37, -1), (3, 64, 3, 1, -1), (2, 24, 2, 1, 5), (4, 8, 1, 19, 6)],
 )
+@pytest.mark.parametrize("layout", [0, 1])
 def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
-    heads, size, rows, tokens, window
+    heads, size, rows, tokens, window, layout
 ):
     """New keys and values become int8 records exactly as q8_records makes them; every query
-    attends over the values its row's records hold (a float64 reference)."""
+    attends over the values its row's records hold (a float64 reference). Either layout:
+    [B, H, L, D + 4] (what exports write) or [B, L, H, D + 4] (exports of 2026-12-04)."""
     rng = np.random.default_rng(heads * size + tokens)
     filled = rng.integers(0, 30, rows)
-    caches = q8_caches(rng, rows, heads, 64, size, filled)
+    caches = q8_caches(rng, rows, heads, 64, size, filled, layout)
     before = [c.copy() for c in caches]
     qkv = (rng.normal(size=(rows, tokens, 3 * heads * size)) * 2).astype(np.float32)
     last = filled + tokens - 1
-    session = attention_session(heads, True, window, 0.0, layout=1, q8=True)
+    session = attention_session(heads, True, window, 0.0, layout=layout, q8=True)
     out = attend(session, qkv, caches, last)
     width = heads * size
     for b in range(rows):
@@ -485,20 +487,24 @@ def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
     assert np.abs(out - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
 
 
-def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run():
+@pytest.mark.parametrize("layout", [0, 1])
+def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layout):
     """As the float16 cache does: a prompt whole, in parts, or token by token beside another
-    row gives every token the same bits."""
+    row gives every token the same bits, in either layout (the same bits in both)."""
     heads, size, tokens = 3, 64, 41
     rng = np.random.default_rng(6)
-    session = attention_session(heads, packed=True, layout=1, q8=True)
+    session = attention_session(heads, packed=True, layout=layout, q8=True)
     qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
-    whole = attend(session, qkv, q8_caches(rng, 1, heads, 64, size, [0]), [tokens - 1])[0]
-    caches, parts = q8_caches(rng, 1, heads, 64, size, [0]), []
+    whole = attend(session, qkv, q8_caches(rng, 1, heads, 64, size, [0], layout), [tokens - 1])[0]
+    other_layout = attention_session(heads, packed=True, layout=1 - layout, q8=True)
+    empty = q8_caches(rng, 1, heads, 64, size, [0], 1 - layout)
+    assert np.array_equal(attend(other_layout, qkv, empty, [tokens - 1])[0], whole)
+    caches, parts = q8_caches(rng, 1, heads, 64, size, [0], layout), []
     for start, end in [(0, 16), (16, 17), (17, 40), (40, 41)]:
         parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
     assert np.array_equal(np.concatenate(parts), whole)
     other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
-    pair = q8_caches(rng, 2, heads, 64, size, [0, 0])
+    pair = q8_caches(rng, 2, heads, 64, size, [0, 0], layout)
     for t in range(tokens):  # row 1 another prompt, one token apart
         rows = np.concatenate([qkv[:, t : t + 1], other[:, t : t + 1]])
         assert np.array_equal(attend(session, rows, pair, [t, t])[0, 0], whole[t]), t
@@ -506,7 +512,7 @@ def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run():
 
 def test_q8_cached_attention_turns_a_nan_key_into_nan_outputs_of_its_head():
     rng = np.random.default_rng(9)
-    session = attention_session(2, packed=True, layout=1, q8=True)
+    session = attention_session(2, packed=True, q8=True)
     caches = q8_caches(rng, 1, 2, 32, 16, [5])
     qkv = rng.normal(size=(1, 1, 96)).astype(np.float32)
     qkv[0, 0, 32 + 16 + 3] = np.nan  # head 1's new key

@@ -224,9 +224,9 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
     }
     assert widths == {bits}
     assert ops["CachedAttentionQ8"] == manifest.num_layers and ops["GroupQueryAttention"] == 0
-    assert manifest.inplace["native_kv_layout"] == "BLHD"  # caches [B, L, H, D + 4]
+    assert manifest.inplace["native_kv_layout"] == "BHLD"  # caches [B, H, L, D + 4]
     caches = [v for v in native.graph.input if v.name.startswith("past_key_values")]
-    assert {v.type.tensor_type.shape.dim[2].dim_value for v in caches} == {manifest.num_heads}
+    assert {v.type.tensor_type.shape.dim[1].dim_value for v in caches} == {manifest.num_heads}
     records = {v.type.tensor_type.shape.dim[3].dim_value for v in caches}
     assert records == {manifest.head_dim + kernels.KV_SCALE_BYTES}
     assert {v.type.tensor_type.elem_type for v in caches} == {TensorProto.INT8}
@@ -271,10 +271,11 @@ def test_the_session_keeps_one_copy_of_the_tied_table(
     assert any(n.op_type == "Reshape" and n.input[0] == tables[0].name for n in graph.node)
 
 
-def as_float16_cache_folder(new: Path, old: Path, positions_first: bool) -> None:
-    """A copy of native folder `new` as exports before the int8 cache wrote it: CachedAttention
-    over float16 caches [B, L, H, D] (`positions_first`), or, before that, [B, H, L, D] with no
-    kv_layout attribute and no native_kv_layout in the manifest."""
+def as_older_folder(new: Path, old: Path, kv_dtype: str, positions_first: bool) -> None:
+    """A copy of native folder `new` (int8 caches [B, H, L, D + 4]) as earlier exports wrote it:
+    int8 records [B, L, H, D + 4] (2026-12-04), float16 caches [B, L, H, D] (`positions_first`)
+    or, before those, float16 [B, H, L, D] with no kv_layout attribute and no native_kv_layout in
+    the manifest."""
     import json
     import shutil
 
@@ -282,24 +283,31 @@ def as_float16_cache_folder(new: Path, old: Path, positions_first: bool) -> None
 
     shutil.copytree(new, old)
     manifest = json.loads((old / "ortgen.json").read_text())
-    manifest["inplace"]["native_kv_dtype"] = "float16"
-    if not positions_first:
+    manifest["inplace"]["native_kv_dtype"] = kv_dtype
+    if positions_first:
+        manifest["inplace"]["native_kv_layout"] = "BLHD"
+    else:
         del manifest["inplace"]["native_kv_layout"]
     (old / "ortgen.json").write_text(json.dumps(manifest))
     path = old / manifest["inplace"]["native_file"]
     graph = onnx.load(str(path), load_external_data=False)  # weights stay in model.onnx
     for node in graph.graph.node:
-        if node.op_type == "CachedAttentionQ8":
+        if node.op_type != "CachedAttentionQ8":
+            continue
+        if kv_dtype == "float16":
             node.op_type = "CachedAttention"
-        kept = [a for a in node.attribute if positions_first or a.name != "kv_layout"]
+        kept = [a for a in node.attribute if a.name != "kv_layout"]
         del node.attribute[:]
         node.attribute.extend(kept)
+        if positions_first:
+            node.attribute.append(helper.make_attribute("kv_layout", 1))
     for value in [*graph.graph.input, *graph.graph.output]:
         if value.type.tensor_type.elem_type == TensorProto.INT8:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-            value.type.tensor_type.shape.dim[3].dim_value -= kernels.KV_SCALE_BYTES  # no scale
-            if not positions_first:
-                swap_heads_and_positions(value)  # [B, L, H, D] → [B, H, L, D]
+            if kv_dtype == "float16":
+                value.type.tensor_type.elem_type = TensorProto.FLOAT16
+                value.type.tensor_type.shape.dim[3].dim_value -= kernels.KV_SCALE_BYTES
+            if positions_first:
+                swap_heads_and_positions(value)  # [B, H, L, ·] → [B, L, H, ·]
     onnx.save(graph, str(path))
 
 
@@ -315,18 +323,22 @@ def native_runs(folder: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
-def test_native_folders_from_before_the_int8_cache_still_run(arch, quantized, tmp_path):
-    """Folders exported with a float16 cache, [B, L, H, D] or (before that) [B, H, L, D]: the
-    runtime still runs their native graph, the two layouts with the same numbers (only where
-    the cache bytes sit differs), and the int8 records' numbers stay close to them."""
+def test_native_folders_of_earlier_cache_layouts_still_run(arch, quantized, tmp_path):
+    """Folders exported with int8 records [B, L, H, D + 4], or with a float16 cache, [B, L, H, D]
+    or (before that) [B, H, L, D]: the runtime still runs their native graph, with the same numbers
+    in either layout (only where the cache bytes sit differs); the int8 records' numbers stay close
+    to the float16 cache's."""
     new = quantized[(arch, "int8")]
-    for positions_first in (True, False):
-        as_float16_cache_folder(new, tmp_path / str(positions_first), positions_first)
-    half, half_bhld, records = (
-        native_runs(f) for f in (tmp_path / "True", tmp_path / "False", new)
-    )
-    assert not Generator.from_dir(tmp_path / "False").model.kv_positions_first
-    assert Generator.from_dir(tmp_path / "True").model.kv_dtype == "float16"
+    kinds = [("int8", True), ("float16", True), ("float16", False)]
+    for kv_dtype, positions_first in kinds:
+        as_older_folder(new, tmp_path / f"{kv_dtype}-{positions_first}", kv_dtype, positions_first)
+    records_blhd, half, half_bhld = (native_runs(tmp_path / f"{d}-{p}") for d, p in kinds)
+    records = native_runs(new)
+    assert Generator.from_dir(tmp_path / "int8-True").model.kv_positions_first
+    assert not Generator.from_dir(new).model.kv_positions_first
+    assert not Generator.from_dir(tmp_path / "float16-False").model.kv_positions_first
+    assert Generator.from_dir(tmp_path / "float16-True").model.kv_dtype == "float16"
+    assert all(np.array_equal(a, b) for a, b in zip(records, records_blhd, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(half, half_bhld, strict=True))
     for a, b in zip(records, half, strict=True):
         assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
