@@ -258,9 +258,104 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
     values_from(C, Q8, a, values, lo, j, n + 1, tail, scores1, eb, ob, inverse1, out1);
 }
 
-/* one_query and two_queries with the chunk count (and the cache's kind) compile-time constants, so
- * queries and sums stay in registers: a function per count (in one function, the compiler keeps
- * some counts' sums on the stack) */
+/* Scores of four queries (q[0..3], consecutive new tokens) for the positions [lo + j, lo + n) in
+ * fours that all of them see: each cached key is loaded and converted once for the four. sum4
+ * of the four queries' products with one key gives each the total one_query's sum4 gives it
+ * (each total's additions involve only its own vector). → where the fours ended. */
+INLINE TARGET int64_t four_scores(const int C, const int Q8, const attn_args *a, const __m512 *qv,
+                                  const char *keys, int64_t lo, int64_t n, __mmask16 tail,
+                                  float *const *scores) {
+    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
+    const __m128 scale4 = _mm_set1_ps(a->scale);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int p = 0; p < 4; p++) {
+            const char *key = keys + (lo + j + p) * P;
+            __m512 d[4], k = load_kv(Q8, key, C == 1 ? tail : 0xFFFF);
+            for (int i = 0; i < 4; i++) d[i] = _mm512_mul_ps(qv[i * C], k);
+            for (int c = 1; c < C; c++) {
+                k = load_kv(Q8, key + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF);
+                for (int i = 0; i < 4; i++) d[i] = _mm512_fmadd_ps(qv[i * C + c], k, d[i]);
+            }
+            __m128 totals = sum4(d[0], d[1], d[2], d[3]);
+            if (Q8) totals = _mm_mul_ps(totals, _mm_set1_ps(record_scale(key, a->D)));
+            float s[4];
+            _mm_storeu_ps(s, _mm_mul_ps(totals, scale4));
+            for (int i = 0; i < 4; i++) scores[i][j + p] = s[i];
+        }
+    return j;
+}
+
+/* The weighted values of four queries for position pairs [lo + j, lo + n) they all see, chunks
+ * [c0, c1) (a half of the head at a time: 4 queries × 2 chains of accumulators stay in registers):
+ * into even[i × C + c], odd[i × C + c], the chains values_from continues. → where the pairs ended */
+INLINE TARGET int64_t four_values(const int C, const int Q8, const int c0, const int c1,
+                                  const attn_args *a, const char *values, int64_t lo, int64_t n,
+                                  __mmask16 tail, float *const *scores, __m512 *even,
+                                  __m512 *odd) {
+    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
+    __m512 e[4][2], o[4][2];
+    for (int i = 0; i < 4; i++)
+        for (int c = c0; c < c1; c++) e[i][c - c0] = o[i][c - c0] = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const char *value = values + (lo + j) * P;
+        __m512 w0[4], w1[4]; /* the weights (Q8: times the values' scales), from memory */
+        for (int i = 0; i < 4; i++) {
+            w0[i] = _mm512_set1_ps(scores[i][j]);
+            w1[i] = _mm512_set1_ps(scores[i][j + 1]);
+        }
+        for (int c = c0; c < c1; c++) {
+            __mmask16 m = c == C - 1 ? tail : 0xFFFF;
+            __m512 v0 = load_kv(Q8, value + 16 * c * bytes, m);
+            __m512 v1 = load_kv(Q8, value + P + 16 * c * bytes, m);
+            for (int i = 0; i < 4; i++) {
+                e[i][c - c0] = _mm512_fmadd_ps(w0[i], v0, e[i][c - c0]);
+                o[i][c - c0] = _mm512_fmadd_ps(w1[i], v1, o[i][c - c0]);
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int c = c0; c < c1; c++) {
+            even[i * C + c] = e[i][c - c0];
+            odd[i * C + c] = o[i][c - c0];
+        }
+    return j;
+}
+
+/* Four queries from [lo, hi], …, [lo, hi + 3] (consecutive new tokens, no window between them):
+ * the same float sequences as one_query gives each, each cached key and value loaded and
+ * converted once for the four while they share positions. */
+INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
+                                const float *const *q, const char *keys, const char *values,
+                                int64_t lo, int64_t hi, float *const *scores, float *const *out) {
+    const int64_t n = hi - lo + 1; /* query i sees n + i */
+    const __mmask16 tail = lanes(a->D - 16 * (C - 1));
+    __m512 qv[4 * (ATTN_MAX_HEAD / 16)];
+    for (int i = 0; i < 4; i++) load_query(C, q[i], tail, qv + i * C);
+    int64_t j = four_scores(C, Q8, a, qv, keys, lo, n, tail, scores);
+    __m512 inverse[4];
+    for (int i = 0; i < 4; i++) {
+        scores_from(C, Q8, a, qv + i * C, keys, lo, j, n + i, tail, scores[i]);
+        inverse[i] = softmax(scores[i], n + i);
+    }
+    __m512 even[4 * (ATTN_MAX_HEAD / 16)], odd[4 * (ATTN_MAX_HEAD / 16)];
+    const int64_t pairs = n & ~(int64_t)1; /* positions four_values takes */
+    if (Q8) /* its weights times the values' scales, once for both halves */
+        for (j = 0; j < pairs; j++) {
+            float s = record_scale(values + (lo + j) * a->pos_stride, a->D);
+            for (int i = 0; i < 4; i++) scores[i][j] *= s;
+        }
+    for (int c0 = 0; c0 < C; c0 += 2)
+        j = four_values(C, Q8, c0, c0 + 2 < C ? c0 + 2 : C, a, values, lo, n, tail, scores, even, odd);
+    for (int i = 0; i < 4; i++)
+        values_from(C, Q8, a, values, lo, j, n + i, tail, scores[i], even + i * C, odd + i * C,
+                    inverse[i], out[i]);
+}
+
+/* one_query, two_queries and four_queries with the chunk count (and the cache's kind) compile-time
+ * constants, so queries and sums stay in registers: a function per count (in one function, the
+ * compiler keeps some counts' sums on the stack) */
 #define QUERY_C(C, Q8, kind)                                                                    \
     static TARGET __attribute__((noinline)) void query_##kind##C(                              \
         const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
@@ -272,6 +367,11 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
         const char *values, int64_t lo, int64_t hi, float *s0, float *s1, float *o0,           \
         float *o1) {                                                                           \
         two_queries(C, Q8, a, q0, q1, keys, values, lo, hi, s0, s1, o0, o1);                   \
+    }                                                                                          \
+    static TARGET __attribute__((noinline)) void four_##kind##C(                               \
+        const attn_args *a, const float *const *q, const char *keys, const char *values,       \
+        int64_t lo, int64_t hi, float *const *s, float *const *o) {                            \
+        four_queries(C, Q8, a, q, keys, values, lo, hi, s, o);                                 \
     }
 #define QUERY_KIND(Q8, kind)                                                                    \
     QUERY_C(1, Q8, kind) QUERY_C(2, Q8, kind) QUERY_C(3, Q8, kind) QUERY_C(4, Q8, kind)         \
@@ -286,12 +386,15 @@ typedef void (*query_fn)(const attn_args *, const float *, const char *, const c
                          int64_t, float *, float *);
 typedef void (*pair_fn)(const attn_args *, const float *, const float *, const char *,
                         const char *, int64_t, int64_t, float *, float *, float *, float *);
+typedef void (*four_fn)(const attn_args *, const float *const *, const char *, const char *,
+                        int64_t, int64_t, float *const *, float *const *);
 #define SIXTEEN(f, kind)                                                                        \
     {f##_##kind##1,  f##_##kind##2,  f##_##kind##3,  f##_##kind##4,  f##_##kind##5,  f##_##kind##6,  \
      f##_##kind##7,  f##_##kind##8,  f##_##kind##9,  f##_##kind##10, f##_##kind##11, f##_##kind##12, \
      f##_##kind##13, f##_##kind##14, f##_##kind##15, f##_##kind##16}
 static const query_fn queries[2][16] = {SIXTEEN(query, half), SIXTEEN(query, q8)};
 static const pair_fn pairs[2][16] = {SIXTEEN(pair, half), SIXTEEN(pair, q8)};
+static const four_fn fours[2][16] = {SIXTEEN(four, half), SIXTEEN(four, q8)};
 #undef SIXTEEN
 
 /* the positions new token t of row b sees: [*lo, returned] */
@@ -306,22 +409,33 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
     const int64_t slab = (b * a->row_stride + h * a->head_stride) * bytes; /* (b, h)'s start */
     const char *keys = (const char *)a->kc + slab, *values = (const char *)a->vc + slab;
     int64_t most = a->last[b] - a->T + 1 + t1; /* positions a query may see */
-    float *scores = scratch_for(2 * (size_t)most * sizeof(float) + 64);
+    int64_t stride = (most + 15) & ~(int64_t)15; /* floats: each query's scores */
+    float *scores = scratch_for(4 * (size_t)stride * sizeof(float) + 64);
     if (!scores) return -1;
-    float *second = scores + ((most + 15) & ~(int64_t)15);
-    const query_fn one = queries[a->q8 != 0][(D + 15) / 16 - 1];
-    const pair_fn two = pairs[a->q8 != 0][(D + 15) / 16 - 1];
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t lo, position = visible(a, b, t, &lo), lo_next;
+    float *rows[4] = {scores, scores + stride, scores + 2 * stride, scores + 3 * stride};
+    const int kind = a->q8 != 0, C = (int)((D + 15) / 16) - 1;
+    for (int64_t t = t0; t < t1;) {
+        int64_t lo, position = visible(a, b, t, &lo), lo_last = -1;
         const float *q = a->q + (b * a->T + t) * a->q_stride + h * D;
         float *out = a->out + (b * a->T + t) * a->H * D + h * D;
-        if (t + 1 < t1 && (visible(a, b, t + 1, &lo_next), lo_next == lo)) {
-            two(a, q, q + a->q_stride, keys, values, lo, position, scores, second, out,
-                out + a->H * D);
-            t++;
+        int64_t together = t + 3 < t1 && (visible(a, b, t + 3, &lo_last), lo_last == lo) ? 4
+                           : t + 1 < t1 && (visible(a, b, t + 1, &lo_last), lo_last == lo) ? 2
+                                                                                            : 1;
+        if (together == 4) {
+            const float *qs[4];
+            float *outs[4];
+            for (int i = 0; i < 4; i++) {
+                qs[i] = q + i * a->q_stride;
+                outs[i] = out + i * a->H * D;
+            }
+            fours[kind][C](a, qs, keys, values, lo, position, rows, outs);
+        } else if (together == 2) {
+            pairs[kind][C](a, q, q + a->q_stride, keys, values, lo, position, rows[0], rows[1],
+                           out, out + a->H * D);
         } else {
-            one(a, q, keys, values, lo, position, scores, out);
+            queries[kind][C](a, q, keys, values, lo, position, rows[0], out);
         }
+        t += together;
     }
     scratch_done();
     return 0;
