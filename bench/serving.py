@@ -132,7 +132,7 @@ def ortgen_command(args, port: int, clients: int) -> list[str]:
         *("--threads", str(args.threads), "--max-batch", str(max(clients, 1))),
         *("--max-queue", str(max(clients, 1))),
         *("--prefill-chunk", str(args.prefill_chunk)),
-        *([] if args.spin else ["--no-spin"]),
+        *(["--spin"] if args.spin else []),
     ]
 
 
@@ -293,9 +293,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefill-chunk", type=int, default=128, help="ortgen serve's")
-    parser.add_argument(
-        "--no-spin", dest="spin", action="store_false", help="ortgen serve --no-spin"
-    )
+    parser.add_argument("--spin", action="store_true", help="ortgen serve --spin")
     parser.add_argument("--llama-server", type=Path, help="llama-server binary to compare with")
     parser.add_argument(
         "--gguf", type=Path, help="GGUF (q8_0) of the same checkpoint (default: bench.prepare's)"

@@ -80,7 +80,7 @@ class Service:
     """What the handlers share: the engine once the model has loaded (in the background)."""
 
     def __init__(
-        self, folder: Path | None, limits: EngineLimits, threads: int | None, spin: bool = True
+        self, folder: Path | None, limits: EngineLimits, threads: int | None, spin: bool = False
     ) -> None:
         self.folder, self.limits, self.threads, self.spin = folder, limits, threads, spin
         self.engine: Engine | None = None
@@ -307,7 +307,7 @@ def serve(
     port: int,
     limits: EngineLimits,
     threads: int | None,
-    spin: bool = True,
+    spin: bool = False,
 ):
     """Run until SIGTERM / Ctrl-C: then stop accepting, let in-flight requests finish for up to
     DRAIN_SECONDS (cancel the rest), and return normally."""

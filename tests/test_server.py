@@ -77,8 +77,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(exported):
-    # --no-spin: ONNX Runtime's idle threads sleep (cores shared with the test process)
-    server = Server(exported["gpt2"], "--max-batch", "4", "--max-queue", "32", "--no-spin")
+    # ONNX Runtime's idle threads sleep (the default: the cores are shared with the test process)
+    server = Server(exported["gpt2"], "--max-batch", "4", "--max-queue", "32")
     yield server
     assert server.stop() == 0
 
@@ -91,6 +91,29 @@ def reference(exported) -> Generator:
 GREEDY = dict(max_tokens=12, temperature=0)
 # What /v1/completions sets where a request says nothing (OpenAI's meaning, not the folder's)
 OPENAI_DEFAULTS = dict(do_sample=False, repetition_penalty=1.0, min_new_tokens=0)
+
+
+def spins(service) -> bool:
+    """Whether the service's ONNX Runtime session lets idle pool threads busy-wait (its own
+    default where nothing says otherwise)."""
+    service.load()
+    options = service.engine.generator.model.session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:  # not set
+        return True
+    finally:
+        service.engine.close()
+
+
+def test_served_model_threads_sleep_when_idle_unless_told_to_spin(exported):
+    """`ortgen serve` shares the cores with its own HTTP and streaming threads: by default ONNX
+    Runtime's idle threads sleep instead of busy-waiting for the next step (--spin to choose)."""
+    from ortgen.engine import EngineLimits
+    from ortgen.server import Service
+
+    assert not spins(Service(exported["gpt2"], EngineLimits(), 1))
+    assert spins(Service(exported["gpt2"], EngineLimits(), 1, spin=True))
 
 
 def test_completion_plain_and_streamed_equal_the_generator(server, reference):
