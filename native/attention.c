@@ -258,6 +258,11 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
     values_from(C, Q8, a, values, lo, j, n + 1, tail, scores1, eb, ob, inverse1, out1);
 }
 
+/* Head sizes whose four queries (4 × chunks vectors) fit the 32 registers beside the sums: D ≤ 64
+ * (GPT-2 and GPT-Neo 125M–774M). Larger heads go in pairs, as before (four queries' vectors would
+ * spill to the stack; not measured). */
+#define FOUR_CHUNKS 4
+
 /* Scores of four queries (q[0..3], consecutive new tokens) for the positions [lo + j, lo + n) in
  * fours that all of them see: each cached key is loaded and converted once for the four. sum4
  * of the four queries' products with one key gives each the total one_query's sum4 gives it
@@ -287,7 +292,7 @@ INLINE TARGET int64_t four_scores(const int C, const int Q8, const attn_args *a,
 }
 
 /* The weighted values of four queries for position pairs [lo + j, lo + n) they all see, chunks
- * [c0, c1) (a half of the head at a time: 4 queries × 2 chains of accumulators stay in registers):
+ * [c0, c1) (two chunks a pass: 4 queries × 2 chains × 2 chunks of accumulators stay in registers):
  * into even[i × C + c], odd[i × C + c], the chains values_from continues. → where the pairs ended */
 INLINE TARGET int64_t four_values(const int C, const int Q8, const int c0, const int c1,
                                   const attn_args *a, const char *values, int64_t lo, int64_t n,
@@ -341,7 +346,7 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
     }
     __m512 even[4 * (ATTN_MAX_HEAD / 16)], odd[4 * (ATTN_MAX_HEAD / 16)];
     const int64_t pairs = n & ~(int64_t)1; /* positions four_values takes */
-    if (Q8) /* its weights times the values' scales, once for both halves */
+    if (Q8) /* its weights times the values' scales, once for every pass */
         for (j = 0; j < pairs; j++) {
             float s = record_scale(values + (lo + j) * a->pos_stride, a->D);
             for (int i = 0; i < 4; i++) scores[i][j] *= s;
@@ -354,8 +359,8 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
 }
 
 /* one_query, two_queries and four_queries with the chunk count (and the cache's kind) compile-time
- * constants, so queries and sums stay in registers: a function per count (in one function, the
- * compiler keeps some counts' sums on the stack) */
+ * constants, so queries and sums stay in registers (four_queries: up to FOUR_CHUNKS chunks): a
+ * function per count (in one function, the compiler keeps some counts' sums on the stack) */
 #define QUERY_C(C, Q8, kind)                                                                    \
     static TARGET __attribute__((noinline)) void query_##kind##C(                              \
         const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
@@ -413,14 +418,15 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
     float *scores = scratch_for(4 * (size_t)stride * sizeof(float) + 64);
     if (!scores) return -1;
     float *rows[4] = {scores, scores + stride, scores + 2 * stride, scores + 3 * stride};
-    const int kind = a->q8 != 0, C = (int)((D + 15) / 16) - 1;
+    const int kind = a->q8 != 0, chunks = (int)((D + 15) / 16), fn = chunks - 1; /* tables' */
     for (int64_t t = t0; t < t1;) {
         int64_t lo, position = visible(a, b, t, &lo), lo_last = -1;
         const float *q = a->q + (b * a->T + t) * a->q_stride + h * D;
         float *out = a->out + (b * a->T + t) * a->H * D + h * D;
-        int64_t together = t + 3 < t1 && (visible(a, b, t + 3, &lo_last), lo_last == lo) ? 4
-                           : t + 1 < t1 && (visible(a, b, t + 1, &lo_last), lo_last == lo) ? 2
-                                                                                            : 1;
+        int64_t together = 1; /* queries that share lo (it never decreases with t) */
+        if (t + 1 < t1 && (visible(a, b, t + 1, &lo_last), lo_last == lo)) together = 2;
+        if (chunks <= FOUR_CHUNKS && t + 3 < t1 && (visible(a, b, t + 3, &lo_last), lo_last == lo))
+            together = 4;
         if (together == 4) {
             const float *qs[4];
             float *outs[4];
@@ -428,12 +434,12 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
                 qs[i] = q + i * a->q_stride;
                 outs[i] = out + i * a->H * D;
             }
-            fours[kind][C](a, qs, keys, values, lo, position, rows, outs);
+            fours[kind][fn](a, qs, keys, values, lo, position, rows, outs);
         } else if (together == 2) {
-            pairs[kind][C](a, q, q + a->q_stride, keys, values, lo, position, rows[0], rows[1],
+            pairs[kind][fn](a, q, q + a->q_stride, keys, values, lo, position, rows[0], rows[1],
                            out, out + a->H * D);
         } else {
-            queries[kind][C](a, q, keys, values, lo, position, rows[0], out);
+            queries[kind][fn](a, q, keys, values, lo, position, rows[0], out);
         }
         t += together;
     }

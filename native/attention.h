@@ -6,9 +6,9 @@
  * set). The cache holds float16 values, or (`q8`) per position and head a record of
  * D int8 codes and their float scale (value = code × scale, the scale max|value| / 127): half the
  * bytes again that a decode step late in a long context reads. Scores, softmax and sums are
- * float32. Each query is computed by the same instruction sequence whatever the other rows,
- * queries or the number of new tokens: results never depend on batch neighbours or on how a
- * prompt was split into runs. */
+ * float32. Each query's float operations are the same sequence whatever the other rows, queries
+ * or the number of new tokens (queries that share positions share loads, not arithmetic): results
+ * never depend on batch neighbours or on how a prompt was split into runs. */
 #ifndef ORTGEN_ATTENTION_H
 #define ORTGEN_ATTENTION_H
 
@@ -36,7 +36,7 @@ typedef struct {
 /* convert and store row b, head h's new keys and values at positions last − T + 1 … last */
 void attn_store(const attn_args *a, int64_t b, int64_t h);
 /* row b, head h, new tokens [t0, t1): out = softmax(scale q Kᵀ) V over the visible positions;
- * −1 when out of memory (queries at positions 4096 and beyond score into a heap buffer), else 0 */
+ * −1 when out of memory (the scores' per-thread scratch buffer), else 0 */
 int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1);
 /* 1 when this CPU has AVX-512 F/BW/VL (float16 conversions included) */
 int attn_supported(void);

@@ -413,7 +413,7 @@ def test_cached_attention_refuses_rows_longer_than_the_cache_and_mismatched_inpu
 
 def test_cached_attention_spreads_a_nan_and_reaches_far_positions():
     """A NaN key makes its head's output NaN (not silently a zero weight); a query beyond 4096
-    positions (scores on the heap) is still exact."""
+    positions is still exact."""
     rng = np.random.default_rng(4)
     session = attention_session(2, packed=True)
     caches = random_caches(rng, 1, 2, 4200, 16, [4150])
@@ -488,15 +488,18 @@ def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
 
 
 @pytest.mark.parametrize("layout", [0, 1])
-def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layout):
+@pytest.mark.parametrize("size, window", [(64, -1), (24, -1), (8, 5), (48, 30), (128, 6)])
+def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layout, size, window):
     """As the float16 cache does: a prompt whole, in parts, or token by token beside another
-    row gives every token the same bits, in either layout (the same bits in both)."""
-    heads, size, tokens = 3, 64, 41
+    row gives every token the same bits, in either layout (the same bits in both), for head
+    sizes that take 1 to 8 chunks of 16 (queries go in fours, pairs or alone) and within a
+    local window."""
+    heads, tokens = 3, 41
     rng = np.random.default_rng(6)
-    session = attention_session(heads, packed=True, layout=layout, q8=True)
+    session = attention_session(heads, packed=True, window=window, layout=layout, q8=True)
     qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
     whole = attend(session, qkv, q8_caches(rng, 1, heads, 64, size, [0], layout), [tokens - 1])[0]
-    other_layout = attention_session(heads, packed=True, layout=1 - layout, q8=True)
+    other_layout = attention_session(heads, True, window=window, layout=1 - layout, q8=True)
     empty = q8_caches(rng, 1, heads, 64, size, [0], 1 - layout)
     assert np.array_equal(attend(other_layout, qkv, empty, [tokens - 1])[0], whole)
     caches, parts = q8_caches(rng, 1, heads, 64, size, [0], layout), []

@@ -97,6 +97,8 @@ def spins(service) -> bool:
     """Whether the service's ONNX Runtime session lets idle pool threads busy-wait (its own
     default where nothing says otherwise)."""
     service.load()
+    if service.load_error is not None:
+        raise service.load_error
     options = service.engine.generator.model.session.get_session_options()
     try:
         return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
@@ -109,9 +111,13 @@ def spins(service) -> bool:
 def test_served_model_threads_sleep_when_idle_unless_told_to_spin(exported):
     """`ortgen serve` shares the cores with its own HTTP and streaming threads: by default ONNX
     Runtime's idle threads sleep instead of busy-waiting for the next step (--spin to choose)."""
+    import inspect
+
+    from ortgen.cli.commands import serve
     from ortgen.engine import EngineLimits
     from ortgen.server import Service
 
+    assert inspect.signature(serve).parameters["spin"].default is False  # the CLI's default
     assert not spins(Service(exported["gpt2"], EngineLimits(), 1))
     assert spins(Service(exported["gpt2"], EngineLimits(), 1, spin=True))
 
