@@ -26,8 +26,7 @@ KV_DTYPE = "int8"
 # contiguous stream, which the hardware prefetcher follows; [B, L, H, ·] (exports of 2026-12-04,
 # still run) puts a head's records H records apart, and a decode step late in a long context read
 # them ~1.5x slower (gpt2-124M's 12 layers at past 900, 2 threads: ~2.0 against ~1.3 ms)
-KV_LAYOUT = "BHLD"
-_LAYOUT_ATTRIBUTE = {"BHLD": 0, "BLHD": 1}  # CachedAttention's kv_layout for each
+KV_LAYOUT = "BHLD"  # CachedAttention's kv_layout 0 (1: "BLHD")
 _BLOCKS = {8: 64, 4: 32}  # the kernel's block for each width of code
 
 
@@ -63,7 +62,7 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
             num_heads=attrs["num_heads"],
             scale=float(attrs.get("scale", 0.0)),
             local_window_size=attrs.get("local_window_size", -1),
-            kv_layout=_LAYOUT_ATTRIBUTE[KV_LAYOUT],
+            kv_layout=0,  # KV_LAYOUT
         )
         graph.node.remove(node)
         graph.node.insert(position, cached)
@@ -73,19 +72,7 @@ def _swap_attention(graph: onnx.GraphProto) -> int:
             value.type.tensor_type.elem_type = onnx.TensorProto.INT8
             record = value.type.tensor_type.shape.dim[3]
             record.dim_value += KV_SCALE_BYTES  # D codes, then the scale's bytes
-            if KV_LAYOUT == "BLHD":
-                swap_heads_and_positions(value)  # [B, H, L, ·] → [B, L, H, ·]
     return swapped
-
-
-def swap_heads_and_positions(value: onnx.ValueInfoProto) -> None:
-    """A cache tensor's declared dims 1 and 2 trade places: [B, H, L, D] ⇄ [B, L, H, D]."""
-    dims = value.type.tensor_type.shape.dim
-    first, second = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
-    first.CopyFrom(dims[1])
-    second.CopyFrom(dims[2])
-    dims[1].CopyFrom(second)
-    dims[2].CopyFrom(first)
 
 
 def _swap_norms(graph: onnx.GraphProto) -> int:

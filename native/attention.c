@@ -372,7 +372,9 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
         const char *values, int64_t lo, int64_t hi, float *s0, float *s1, float *o0,           \
         float *o1) {                                                                           \
         two_queries(C, Q8, a, q0, q1, keys, values, lo, hi, s0, s1, o0, o1);                   \
-    }                                                                                          \
+    }
+/* four_queries only up to FOUR_CHUNKS chunks (attn_queries never groups larger heads in fours) */
+#define FOUR_C(C, Q8, kind)                                                                     \
     static TARGET __attribute__((noinline)) void four_##kind##C(                               \
         const attn_args *a, const float *const *q, const char *keys, const char *values,       \
         int64_t lo, int64_t hi, float *const *s, float *const *o) {                            \
@@ -382,9 +384,12 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
     QUERY_C(1, Q8, kind) QUERY_C(2, Q8, kind) QUERY_C(3, Q8, kind) QUERY_C(4, Q8, kind)         \
     QUERY_C(5, Q8, kind) QUERY_C(6, Q8, kind) QUERY_C(7, Q8, kind) QUERY_C(8, Q8, kind)         \
     QUERY_C(9, Q8, kind) QUERY_C(10, Q8, kind) QUERY_C(11, Q8, kind) QUERY_C(12, Q8, kind)      \
-    QUERY_C(13, Q8, kind) QUERY_C(14, Q8, kind) QUERY_C(15, Q8, kind) QUERY_C(16, Q8, kind)
+    QUERY_C(13, Q8, kind) QUERY_C(14, Q8, kind) QUERY_C(15, Q8, kind) QUERY_C(16, Q8, kind)   \
+    FOUR_C(1, Q8, kind) FOUR_C(2, Q8, kind) FOUR_C(3, Q8, kind) FOUR_C(4, Q8, kind)
+_Static_assert(FOUR_CHUNKS == 4, "FOUR_C is generated for chunk counts 1 to 4");
 QUERY_KIND(0, half) QUERY_KIND(1, q8)
 #undef QUERY_KIND
+#undef FOUR_C
 #undef QUERY_C
 
 typedef void (*query_fn)(const attn_args *, const float *, const char *, const char *, int64_t,
@@ -399,7 +404,9 @@ typedef void (*four_fn)(const attn_args *, const float *const *, const char *, c
      f##_##kind##13, f##_##kind##14, f##_##kind##15, f##_##kind##16}
 static const query_fn queries[2][16] = {SIXTEEN(query, half), SIXTEEN(query, q8)};
 static const pair_fn pairs[2][16] = {SIXTEEN(pair, half), SIXTEEN(pair, q8)};
-static const four_fn fours[2][16] = {SIXTEEN(four, half), SIXTEEN(four, q8)};
+#define FOUR(kind) {four_##kind##1, four_##kind##2, four_##kind##3, four_##kind##4}
+static const four_fn fours[2][FOUR_CHUNKS] = {FOUR(half), FOUR(q8)};
+#undef FOUR
 #undef SIXTEEN
 
 /* the positions new token t of row b sees: [*lo, returned] */

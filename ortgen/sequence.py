@@ -49,7 +49,7 @@ class Sequence:
     def choose(self, logits: np.ndarray) -> int:
         """The next id from this sequence's logits ([V]), after its processors."""
         o = self.options
-        if not o.do_sample and o.repetition_penalty == 1.0 and self._ngrams is None:
+        if not o.do_sample and not self._penalised():
             # greedy without penalties: suppressing EOS (before min_new_tokens) only matters
             # when the plain argmax is an EOS id — no copy of the row otherwise
             token = int(np.argmax(logits))
@@ -93,7 +93,7 @@ class Sequence:
         """transformers' logits processors on a copy of one row, only when one applies."""
         o = self.options
         early = self._early()
-        if o.repetition_penalty == 1.0 and self._ngrams is None and not early:
+        if not self._penalised() and not early:
             return logits
         scores = logits.astype(np.float32, copy=True)  # [V]
         seen = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen))
@@ -103,6 +103,10 @@ class Sequence:
         if early:
             suppress(scores, self._stop_ids)
         return scores
+
+    def _penalised(self) -> bool:
+        """Whether a repetition penalty or an n-gram ban changes this sequence's scores."""
+        return self.options.repetition_penalty != 1.0 or self._ngrams is not None
 
     def _early(self) -> bool:
         """Below min_new_tokens: EOS may not be chosen yet."""

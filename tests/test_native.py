@@ -278,6 +278,13 @@ def attend(session, qkv, caches, last, packed=True, in_place=True):
     return outputs[0]
 
 
+def appended(qkv: np.ndarray, row: int, kind: int, heads: int) -> np.ndarray:
+    """Row `row`'s new keys (kind 0) or values (kind 1) in packed qkv [B, T, 3HD], as [H, T, D]."""
+    tokens, width = qkv.shape[1], qkv.shape[2] // 3
+    part = qkv[row, :, (kind + 1) * width : (kind + 2) * width]
+    return part.reshape(tokens, heads, width // heads).transpose(1, 0, 2)
+
+
 def attention_reference(qkv, caches, last, window, scale):
     """float64 attention of every new token over its row's (float16) cache, the causal window
     ending at its own position."""
@@ -327,12 +334,11 @@ def test_cached_attention_computes_attention_over_its_half_precision_cache(
     last = filled + tokens - 1
     session = attention_session(heads, packed, window, scale, layout)
     out = attend(session, qkv, caches, last, packed)
-    width = heads * size
     for b in range(rows):
         new = slice(filled[b], filled[b] + tokens)
         for kind, cache in enumerate(caches):
-            fresh = qkv[b, :, (kind + 1) * width : (kind + 2) * width].reshape(tokens, heads, size)
-            assert np.array_equal(cache[b, :, new], fresh.transpose(1, 0, 2).astype(np.float16))
+            fresh = appended(qkv, b, kind, heads)
+            assert np.array_equal(cache[b, :, new], fresh.astype(np.float16))
             cache_was = before[kind][b].copy()
             cache_was[:, new] = cache[b, :, new]
             assert np.array_equal(cache[b], cache_was)  # nothing else written
@@ -473,12 +479,10 @@ def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
     last = filled + tokens - 1
     session = attention_session(heads, True, window, 0.0, layout=layout, q8=True)
     out = attend(session, qkv, caches, last)
-    width = heads * size
     for b in range(rows):
         new = slice(filled[b], filled[b] + tokens)
         for kind, cache in enumerate(caches):
-            fresh = qkv[b, :, (kind + 1) * width : (kind + 2) * width].reshape(tokens, heads, size)
-            assert np.array_equal(cache[b, :, new], q8_records(fresh.transpose(1, 0, 2)))
+            assert np.array_equal(cache[b, :, new], q8_records(appended(qkv, b, kind, heads)))
             cache_was = before[kind][b].copy()
             cache_was[:, new] = cache[b, :, new]
             assert np.array_equal(cache[b], cache_was)  # nothing else written

@@ -279,8 +279,6 @@ def as_older_folder(new: Path, old: Path, kv_dtype: str, positions_first: bool) 
     import json
     import shutil
 
-    from ortgen_export.native import swap_heads_and_positions
-
     shutil.copytree(new, old)
     manifest = json.loads((old / "ortgen.json").read_text())
     manifest["inplace"]["native_kv_dtype"] = kv_dtype
@@ -309,6 +307,16 @@ def as_older_folder(new: Path, old: Path, kv_dtype: str, positions_first: bool) 
             if positions_first:
                 swap_heads_and_positions(value)  # [B, H, L, ·] → [B, L, H, ·]
     onnx.save(graph, str(path))
+
+
+def swap_heads_and_positions(value: onnx.ValueInfoProto) -> None:
+    """A cache tensor's declared dims 1 and 2 trade places: [B, H, L, D] ⇄ [B, L, H, D]."""
+    dims = value.type.tensor_type.shape.dim
+    first, second = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
+    first.CopyFrom(dims[1])
+    second.CopyFrom(dims[2])
+    dims[1].CopyFrom(second)
+    dims[2].CopyFrom(first)
 
 
 def native_runs(folder: Path) -> list[np.ndarray]:
