@@ -126,9 +126,14 @@ class GrowingCache(DecodeState):
         super().__init__(model)
         m = self.manifest
         self._mask = np.zeros((0, 0), dtype=np.int64)  # [B, P] 1 = real token
-        self._cache = [  # 2L × [B, H, P, D]
+        # 2L × [B, H, P, D]: numpy arrays, or the last run's presents as ONNX Runtime values where
+        # the session put them — on the GPU under CUDA, so that a step moves its tokens and logits
+        # over the bus, not the whole cache twice. Rows join and leave through host copies.
+        self._cache = [
             np.zeros((0, m.num_heads, 0, m.head_dim), dtype=m.kv_dtype) for _ in self._past
         ]
+        self._device = "cuda" if _on_cuda(model.session) else "cpu"
+        self._inputs = {i.name for i in model.session.get_inputs()}
 
     @property
     def rows(self) -> int:
@@ -160,8 +165,10 @@ class GrowingCache(DecodeState):
 
     def keep(self, rows: Sequence[int]) -> None:
         index = np.asarray(rows, dtype=np.int64)
+        if np.array_equal(index, np.arange(self.rows)):
+            return  # every row stays: the cache stays where it is
         self._mask = self._mask[index]
-        self._cache = [c[index] for c in self._cache]
+        self._cache = [_host(c)[index] for c in self._cache]
         real = np.flatnonzero(self._mask.any(axis=0))  # columns some row still attends to
         start = int(real[0]) if real.size else self._mask.shape[1]
         if start:  # drop leading columns that are padding for every row
@@ -176,18 +183,44 @@ class GrowingCache(DecodeState):
         feeds = self._feeds(ids, positions, all_logits)
         feeds[self.manifest.tensors.attention_mask] = mask
         feeds.update(zip(self._past, cache, strict=True))
-        names = [first or self.manifest.tensors.logits, *self._present]
-        logits, *present = self.model.session.run(names, feeds)
-        return logits, present
+        binding = self.model.session.io_binding()
+        for name, value in feeds.items():  # the binding borrows the arrays: kept in `feeds`
+            if name not in self._inputs:
+                continue  # an input ONNX Runtime pruned as unused (session.run skips it too)
+            if isinstance(value, np.ndarray):
+                feeds[name] = np.ascontiguousarray(value)
+                binding.bind_cpu_input(name, feeds[name])
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output(first or self.manifest.tensors.logits, "cpu")
+        for name in self._present:
+            binding.bind_output(name, self._device)
+        self.model.session.run_with_iobinding(binding)
+        out, *present = binding.get_outputs()
+        return out.numpy(), present
 
     def _join(self, mask: np.ndarray, cache: list[np.ndarray]) -> None:
         """Append rows, zero-padding the shorter side on the left. mask: [N, P']."""
+        if not self.rows:  # the first rows: their cache stays where the run left it
+            self._mask, self._cache = mask, cache
+            return
         width = max(self._mask.shape[1], mask.shape[1])
         self._mask = np.concatenate([_pad_left(self._mask, width), _pad_left(mask, width)])
         self._cache = [
-            np.concatenate([_pad_left(old, width, axis=2), _pad_left(new, width, axis=2)])
+            np.concatenate(
+                [_pad_left(_host(old), width, axis=2), _pad_left(_host(new), width, axis=2)]
+            )
             for old, new in zip(self._cache, cache, strict=True)
         ]
+
+
+def _on_cuda(session) -> bool:
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def _host(value) -> np.ndarray:
+    """A cache tensor as a numpy array (an ONNX Runtime value is copied out of its device)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 def _stack_left_padded(rows: list[np.ndarray]) -> np.ndarray:

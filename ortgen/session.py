@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from pathlib import Path
@@ -52,6 +54,18 @@ def require_onnxruntime(ort, minimum: str = MIN_ONNXRUNTIME) -> None:
         )
 
 
+def _preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries of pip's nvidia-* packages (onnxruntime-gpu's `cuda` and
+    `cudnn` extras, or those PyTorch brought) where the system's library path lacks them;
+    without them the CUDA provider fails to load. Quiet: it prints where it finds none."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return
+    # none there: the system's libraries, or create_session's one-line error
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(OSError):
+        preload()
+
+
 def _release(version: str) -> tuple[int, ...]:
     """(major, minor, patch) of a version string such as 1.23.2 or 1.24.0.dev20250101."""
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
@@ -99,6 +113,8 @@ def create_session(
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}: choose one of {sorted(DEVICES)}")
     wanted = DEVICES[device][0]
+    if device == "cuda":
+        _preload_cuda_libraries(ort)
     if wanted not in ort.get_available_providers():
         raise DeviceError(
             f"{device} was requested but this onnxruntime has no {wanted}: "

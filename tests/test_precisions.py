@@ -439,20 +439,29 @@ def test_fp16_has_no_nan_on_long_left_padded_prompts(arch, quantized):
 
 @pytest.mark.cuda
 def test_fp16_runs_on_cuda(quantized):
-    """Same graph, CUDA kernels: logits close to the CPU run's, cache in fp16, no NaN."""
+    """Same graph, CUDA kernels: logits close to the CPU run's through a prompt, steps, a row
+    leaving and one joining; the fp16 cache stays on the GPU between steps; no NaN."""
     from ortgen.decode_state import DecodeState
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("no CUDA execution provider on this machine")
     for arch in ("gpt2", "gpt_neo"):
-        ids = list(range(1, 40))
         runs = []
         for device in ("cpu", "cuda"):
             generator = Generator.from_dir(quantized[(arch, "fp16")], device=device)
             state = DecodeState.for_model(generator.model)
-            runs.append(state.prefill([ids], all_logits=True))
-        assert np.isfinite(runs[1]).all()
-        assert np.abs(runs[0] - runs[1]).max() < 5e-2
+            logits = [state.prefill([list(range(1, 40)), [5, 6, 7]], all_logits=True)]
+            logits += [state.step(np.array([token, token + 1])) for token in (11, 12, 13)]
+            state.keep([1])
+            logits += [state.step(np.array([14])), state.prefill([[8, 9, 10, 11]])]
+            logits += [state.step(np.array([15, 16]))]
+            runs.append(logits)
+        cache = state._cache  # after a step: where the last run left it
+        assert {value.device_name().lower() for value in cache} == {"cuda"}
+        assert {value.data_type() for value in cache} == {"tensor(float16)"}
+        for cpu, cuda in zip(*runs, strict=True):
+            assert np.isfinite(cuda).all()
+            assert np.abs(cpu - cuda).max() < 5e-2
 
 
 @pytest.mark.parametrize("precision", ["fp32", *QUANTIZED])
