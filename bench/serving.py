@@ -133,6 +133,7 @@ def ortgen_command(args, port: int, clients: int) -> list[str]:
         *("--max-queue", str(max(clients, 1))),
         *("--prefill-chunk", str(args.prefill_chunk)),
         *(["--spin"] if args.spin else []),
+        *("--device", args.device),
     ]
 
 
@@ -260,7 +261,8 @@ def table(results: list[Result], rounds: int, args) -> str:
 
     head = (
         f"{platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, "
-        f"threads {args.threads}, prompts {args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, "
+        f"device {args.device}, threads {args.threads}, "
+        f"prompts {args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, "
         f"{args.new_tokens} new tokens, at least {args.requests} requests a level (clients send "
         f"theirs one after another), ortgen --prefill-chunk {args.prefill_chunk}, "
         f"medians of {rounds} interleaved rounds"
@@ -294,6 +296,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefill-chunk", type=int, default=128, help="ortgen serve's")
     parser.add_argument("--spin", action="store_true", help="ortgen serve --spin")
+    parser.add_argument("--device", default="cpu", help="ortgen serve --device (cpu or cuda)")
     parser.add_argument("--llama-server", type=Path, help="llama-server binary to compare with")
     parser.add_argument(
         "--gguf", type=Path, help="GGUF (q8_0) of the same checkpoint (default: bench.prepare's)"

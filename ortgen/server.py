@@ -80,9 +80,15 @@ class Service:
     """What the handlers share: the engine once the model has loaded (in the background)."""
 
     def __init__(
-        self, folder: Path | None, limits: EngineLimits, threads: int | None, spin: bool = False
+        self,
+        folder: Path | None,
+        limits: EngineLimits,
+        threads: int | None,
+        spin: bool = False,
+        device: str = "cpu",
     ) -> None:
         self.folder, self.limits, self.threads, self.spin = folder, limits, threads, spin
+        self.device = device
         self.engine: Engine | None = None
         self.load_error: Exception | None = None
         self.on_load_error = lambda: None  # the server's way to stop when loading fails
@@ -90,7 +96,9 @@ class Service:
 
     def load(self) -> None:
         try:
-            generator = Generator.from_dir(self.folder, threads=self.threads, spin=self.spin)
+            generator = Generator.from_dir(
+                self.folder, device=self.device, threads=self.threads, spin=self.spin
+            )
             self.engine = Engine(generator, self.limits)
             log.info("model %s loaded: ready", self.model_id)
         except Exception as err:
@@ -308,12 +316,13 @@ def serve(
     limits: EngineLimits,
     threads: int | None,
     spin: bool = False,
+    device: str = "cpu",
 ):
     """Run until SIGTERM / Ctrl-C: then stop accepting, let in-flight requests finish for up to
     DRAIN_SECONDS (cancel the rest), and return normally."""
     import uvicorn
 
-    service = Service(folder, limits, threads, spin)
+    service = Service(folder, limits, threads, spin, device)
     config = uvicorn.Config(
         create_app(service), host=host, port=port, timeout_graceful_shutdown=DRAIN_SECONDS
     )

@@ -122,6 +122,53 @@ def test_served_model_threads_sleep_when_idle_unless_told_to_spin(exported):
     assert spins(Service(exported["gpt2"], EngineLimits(), 1, spin=True))
 
 
+def test_serving_on_a_device_that_is_absent_is_one_clear_error(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is present: the refusal cannot be observed")
+    command = [str(ORTGEN), "serve", "--model", str(exported["gpt2"]), "--device", "cuda"]
+    result = subprocess.run(
+        [*command, "--port", str(free_port())], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "CUDAExecutionProvider" in last
+
+
+@pytest.mark.cuda
+def test_serves_fp16_on_cuda_as_the_generator_runs_it(checkpoints, tmp_path):
+    """`ortgen serve --device cuda` on an fp16 folder: completions, streamed and plain, and
+    concurrent ones, equal what a CUDA Generator makes of each prompt alone."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDA execution provider on this machine")
+    from ortgen_export import ExportOptions, export_model
+
+    folder = tmp_path / "fp16"
+    export_model(str(checkpoints["gpt2"]), folder, ExportOptions(precision="fp16"))
+    reference = Generator.from_dir(folder, device="cuda")
+    server = Server(folder, "--device", "cuda", "--max-batch", "4")
+    try:
+        prompts = ["The old fisherman", "A small child", "The sea was calm", "Once"]
+        want = [reference.generate(p, max_new_tokens=12, **OPENAI_DEFAULTS) for p in prompts]
+        plain = server.openai.completions.create(model="m", prompt=prompts[0], **GREEDY)
+        assert plain.choices[0].text == want[0]
+        chunks = server.openai.completions.create(
+            model="m", prompt=prompts[1], stream=True, **GREEDY
+        )
+        assert "".join(c.choices[0].text for c in chunks) == want[1]
+        create = server.openai.completions.create
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            texts = pool.map(
+                lambda p: create(model="m", prompt=p, **GREEDY).choices[0].text, prompts
+            )
+            assert list(texts) == want
+    finally:
+        assert server.stop() == 0
+
+
 def test_completion_plain_and_streamed_equal_the_generator(server, reference):
     prompt = "The old fisherman"
     want = reference.generate(prompt, max_new_tokens=12, **OPENAI_DEFAULTS)

@@ -117,6 +117,7 @@ def serve(
             "running streams' p99 gap grows several-fold.",
         ),
     ] = False,
+    device: Device = "cpu",
 ) -> None:
     """Serve the model over HTTP: OpenAI-style /v1/completions, /generate, /health, /metrics."""
     try:
@@ -128,7 +129,7 @@ def serve(
     from ortgen.engine import EngineLimits
 
     limits = EngineLimits(max_batch, max_queue, timeout, prefill_chunk)
-    run_server(model, host, port, limits, threads, spin)
+    run_server(model, host, port, limits, threads, spin, device)
 
 
 @app.command()
