@@ -80,6 +80,12 @@ class DecodeState:
         """Keep only `rows` (ascending indices), in that order: finished rows leave the batch."""
         raise NotImplementedError
 
+    def compact(self, rows: Sequence[int]) -> list[int]:
+        """Keep only `rows` (ascending indices), in whichever order moves the least cache. → the
+        kept rows' old indices in their new order (the caller reorders its rows alike)."""
+        self.keep(rows)
+        return list(rows)
+
     def select(self, rows: Sequence[int]) -> None:
         """New row j continues old row rows[j]: any order, repeats allowed (beam search's
         parents: a beam dropped, another one copied)."""
@@ -344,13 +350,29 @@ class SlotCache(DecodeState):
 
     def keep(self, rows: Sequence[int]) -> None:
         # ascending: a slot moves down, never up; a row being added follows the kept rows
-        moves = [(t, s, int(self._lengths[s])) for t, s in enumerate(rows)]
-        moves.append((len(rows), self.rows, self._cached))
-        for target, source, used in moves:
-            if target != source and used:
-                for buffer in self._buffers:
-                    buffer[target, :, :used] = buffer[source, :, :used]
+        for target, source in enumerate(rows):
+            self._move(source, target, int(self._lengths[source]))
+        self._move(self.rows, len(rows), self._cached)
         self._lengths = self._lengths[np.asarray(rows, dtype=np.int64)]
+
+    def compact(self, rows: Sequence[int]) -> list[int]:
+        # The rows beyond the new count fill the slots of those that left below it: one copy per
+        # row that left, where keep() moves every row after it down one slot.
+        count, kept = len(rows), set(rows)
+        order = list(range(count))
+        holes = [slot for slot in order if slot not in kept]
+        for hole, source in zip(holes, [r for r in rows if r >= count], strict=True):
+            order[hole] = source
+            self._move(source, hole, int(self._lengths[source]))
+        self._move(self.rows, count, self._cached)  # its slot is free now
+        self._lengths = self._lengths[np.asarray(order, dtype=np.int64)]
+        return order
+
+    def _move(self, source: int, target: int, used: int) -> None:
+        """Copy slot `source`'s first `used` cached positions to slot `target`."""
+        if target != source and used:
+            for buffer in self._buffers:
+                buffer[target, :, :used] = buffer[source, :, :used]
 
     def select(self, rows: Sequence[int]) -> None:
         if self._cached:

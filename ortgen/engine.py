@@ -176,8 +176,8 @@ class Engine:
             rows += joined
             going = [r for r, (req, seq) in enumerate(rows) if _alive(req, seq)]
             if len(going) < len(rows):
-                state.keep(going)
-                rows, tokens = [rows[r] for r in going], [tokens[r] for r in going]
+                order = state.compact(going)
+                rows, tokens = [rows[r] for r in order], [tokens[r] for r in order]
             self.metrics.batch_rows.set(len(rows))  # before the callers hear of it
             self._retire()  # ended rows and dropped prompts: no row of theirs is left
             self._send()  # the callers' threads run while the step runs (it releases the GIL)

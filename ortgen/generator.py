@@ -170,8 +170,8 @@ class Generator:
             if not going:
                 return
             if len(going) < len(live):
-                state.keep(going)
-                live, tokens = [live[r] for r in going], [tokens[r] for r in going]
+                order = state.compact(going)
+                live, tokens = [live[r] for r in order], [tokens[r] for r in order]
             logits = state.step(np.asarray(tokens, dtype=np.int64))  # [B, V]
 
     def stop_ids(self, opts: GenerationOptions) -> np.ndarray:

@@ -95,6 +95,37 @@ def test_select_with_repeats_gives_the_logits_of_the_rows_it_copies(arch, graph,
     assert state.step(np.asarray([40, 41])).shape[0] == 2
 
 
+@pytest.mark.parametrize("graph", ["built", "portable"])
+def test_compact_fills_holes_from_the_end_and_every_row_goes_on_as_alone(
+    arch, graph, graph_generators
+):
+    """compact (rows leaving the engine's batch): on the in-place graph the last rows move into
+    the slots of those that left (one copy each), a row being added in parts follows; each kept
+    row's next logits, and the added row's, are those of the row alone."""
+    generator, exact = graph_generators[arch, graph], EXACT[graph]
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14], [15, 16, 17], [18]]
+    joining = list(range(30, 70))
+    state = DecodeState.for_model(generator.model)
+    state.prefill(prompts)
+    state.step(np.asarray([20 + r for r in range(len(prompts))]))
+    if state.chunked:  # a row being added, 16 of its 40 tokens cached
+        assert state.prefill_part(joining, 16) is None
+    order = state.compact([0, 2, 3, 5])
+    assert order == ([0, 5, 2, 3] if graph == "built" else [0, 2, 3, 5])
+    assert state.rows == 4
+    if state.chunked:
+        last = state.prefill_part(joining, len(joining))
+        assert np.abs(last - alone(generator, joining, [])[0]).max() <= exact
+    tokens = np.asarray([40 + r for r in order] + [41] * (state.rows - len(order)))
+    after = state.step(tokens)
+    for j, source in enumerate(order):
+        want = alone(generator, prompts[source], [20 + source, 40 + source])[-1]
+        assert np.abs(after[j] - want).max() <= exact, (j, source)
+    if state.chunked:
+        want = alone(generator, joining, [41])[-1]
+        assert np.abs(after[4] - want).max() <= exact
+
+
 def parts(length: int, budget: int) -> list[int]:
     """The ends of the parts a `length`-token prompt is fed in at `budget` tokens a time."""
     ends = [part_end(length, 0, budget)]
