@@ -1,11 +1,14 @@
 """The decode state: the one owner of a batch's KV cache, attention mask and positions, and the
 only caller of `session.run`. Generation, eval, bench, parity, the serving engine and batch jobs
-all drive a model through it: `prefill` adds rows, `step` feeds a token per row, `keep` drops rows.
+all drive a model through it: `prefill` adds rows, `step` feeds a token per row, `keep` / `compact`
+drop rows.
 
 Two layouts, one interface:
 - `GrowingCache` runs the portable `model.onnx` (optimum's interface): left-padded rows, a past that
   the graph copies into a longer `present` every step. Rows join by zero-padding on the left (pads
-  are masked out) and leave by slicing, as text-generation-inference's CausalLMBatch does.
+  are masked out) and leave by slicing, as text-generation-inference's CausalLMBatch does. Between
+  steps the cache stays where the session put it (on the GPU under CUDA); rows joining or leaving
+  go through host copies.
 - `SlotCache` runs the in-place graph: one preallocated buffer per layer and kind, [rows, H, L, D],
   bound as both past and present, so GroupQueryAttention appends the new token where it lies; every
   row starts at slot position 0 and attends to its own length only (per-row `seqlens_k`), so a row's
@@ -184,21 +187,29 @@ class GrowingCache(DecodeState):
     def _run(
         self, ids, mask, positions, cache, all_logits=False, first: str | None = None
     ) -> tuple[np.ndarray, list]:
-        """One graph run → logits [B, T', V] (or the `first` output), presents 2L × [B, H, P + T,
-        D]."""
+        """One graph run → logits [B, T', V] (or the `first` output) as numpy, presents 2L ×
+        [B, H, P + T, D] as ONNX Runtime values. A step (one token a row) runs through an IO
+        binding that leaves the presents on the session's device; a prompt through
+        run_with_ort_values, which also takes `logits_to_keep` (an overridable initializer, which
+        an IO binding cannot bind: without it every position's logits would be computed)."""
         feeds = self._feeds(ids, positions, all_logits)
         feeds[self.manifest.tensors.attention_mask] = mask
         feeds.update(zip(self._past, cache, strict=True))
+        names = [first or self.manifest.tensors.logits, *self._present]
+        if ids.shape[1] > 1:
+            values = {name: _ortvalue(value) for name, value in feeds.items()}
+            out, *present = self.model.session.run_with_ort_values(names, values)
+            return out.numpy(), present
         binding = self.model.session.io_binding()
         for name, value in feeds.items():  # the binding borrows the arrays: kept in `feeds`
             if name not in self._inputs:
-                continue  # an input ONNX Runtime pruned as unused (session.run skips it too)
+                continue  # logits_to_keep: at one token a row, every position is the last
             if isinstance(value, np.ndarray):
                 feeds[name] = np.ascontiguousarray(value)
                 binding.bind_cpu_input(name, feeds[name])
             else:
                 binding.bind_ortvalue_input(name, value)
-        binding.bind_output(first or self.manifest.tensors.logits, "cpu")
+        binding.bind_output(names[0], "cpu")
         for name in self._present:
             binding.bind_output(name, self._device)
         self.model.session.run_with_iobinding(binding)
@@ -222,6 +233,15 @@ class GrowingCache(DecodeState):
 
 def _on_cuda(session) -> bool:
     return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def _ortvalue(value):
+    """An ONNX Runtime value of a numpy array (host memory), or the value itself."""
+    if not isinstance(value, np.ndarray):
+        return value
+    from ortgen.session import import_onnxruntime
+
+    return import_onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
 
 
 def _host(value) -> np.ndarray:

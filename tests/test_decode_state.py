@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ortgen.decode_state import DecodeState, GrowingCache, SlotCache, part_end
+from ortgen.decode_state import DecodeState, GrowingCache, SlotCache, left_padded, part_end
 
 EXACT = {"built": 0.0, "portable": 1e-5}  # max |Δ logits| allowed vs the row alone
 
@@ -124,6 +124,17 @@ def test_compact_fills_holes_from_the_end_and_every_row_goes_on_as_alone(
     if state.chunked:
         want = alone(generator, joining, [41])[-1]
         assert np.abs(after[4] - want).max() <= exact
+
+
+def test_portable_prompt_runs_compute_the_last_logits_only(arch, graph_generators):
+    """logits_to_keep (an overridable initializer: no IO binding takes it) reaches the graph."""
+    generator = graph_generators[arch, "portable"]
+    m = generator.manifest
+    state = DecodeState.for_model(generator.model)
+    ids, mask, positions = left_padded([[1, 2, 3, 4, 5]], generator.model.pad_id)
+    empty = [np.zeros((1, m.num_heads, 0, m.head_dim), m.kv_dtype)] * (2 * m.num_layers)
+    assert state._run(ids, mask, positions, empty)[0].shape[:2] == (1, 1)
+    assert state._run(ids, mask, positions, empty, all_logits=True)[0].shape[:2] == (1, 5)
 
 
 def parts(length: int, budget: int) -> list[int]:
