@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import checkpoints
-from bench.measure import NUCLEUS, SEED, W1, W3, W4, W5, prompts
+from bench import checkpoints, measure
+from bench.measure import NUCLEUS, SEED, W1, W3, W4, W5, prompts, timed
 
 WORKLOADS = {"w1": W1, "w3": W3, "w4": W4, "w5": W5, "b32": dict(batch=32, prompt=128, new=128)}
 
@@ -47,7 +47,9 @@ class Ortgen:
         return sum(map(len, out))
 
 
-class Torch:
+class Torch(measure.Torch):
+    """transformers' generate in fp16 on `device` (bench.measure's CPU runner, moved)."""
+
     def __init__(self, checkpoint: Path, device: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -57,28 +59,10 @@ class Torch:
         self.model = self.model.to(device).eval()
 
     def run(self, batch, new: int, sampling: dict | None) -> int:
-        from transformers import GenerationConfig
-
-        ids = self.torch.tensor(batch, device=self.device)
-        options = dict(do_sample=True, top_k=0, **sampling) if sampling else dict(do_sample=False)
-        config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **options)
-        self.torch.manual_seed(SEED)
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                ids, attention_mask=self.torch.ones_like(ids), generation_config=config
-            )
+        produced = super().run(batch, new, sampling)
         if self.device == "cuda":
             self.torch.cuda.synchronize()
-        return (out.shape[1] - ids.shape[1]) * out.shape[0]
-
-
-def timed(runner, batch, new: int, sampling: dict | None) -> float:
-    start = time.perf_counter()
-    produced = runner.run(batch, new, sampling)
-    seconds = time.perf_counter() - start
-    if produced != len(batch) * new:
-        raise SystemExit(f"produced {produced} tokens, expected {len(batch) * new}")
-    return seconds
+        return produced
 
 
 def tokens_per_second(runner, workload: str) -> float:

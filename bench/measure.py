@@ -110,6 +110,8 @@ class LlamaCpp:
 
 
 class Torch:
+    device = "cpu"
+
     def __init__(self, path: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -121,7 +123,7 @@ class Torch:
     def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
         from transformers import GenerationConfig
 
-        ids = self.torch.tensor(batch)
+        ids = self.torch.tensor(batch, device=self.device)
         options = dict(do_sample=True, top_k=0, **sampling) if sampling else dict(do_sample=False)
         config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **options)
         self.torch.manual_seed(SEED)
