@@ -33,8 +33,11 @@ class DecodeState:
     """A batch of rows being decoded; see the module docstring."""
 
     def __init__(self, model: Model) -> None:
+        from ortgen.session import import_onnxruntime
+
         self.model = model
         self.manifest = model.manifest
+        self._ortvalue = import_onnxruntime().OrtValue.ortvalue_from_numpy
         names = model.manifest.tensors
         self._past = _per_layer(model, names.past_key, names.past_value)
         self._present = _per_layer(model, names.present_key, names.present_value)
@@ -197,7 +200,10 @@ class GrowingCache(DecodeState):
         feeds.update(zip(self._past, cache, strict=True))
         names = [first or self.manifest.tensors.logits, *self._present]
         if ids.shape[1] > 1:
-            values = {name: _ortvalue(value) for name, value in feeds.items()}
+            values = {
+                name: self._ortvalue(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                for name, v in feeds.items()
+            }
             out, *present = self.model.session.run_with_ort_values(names, values)
             return out.numpy(), present
         binding = self.model.session.io_binding()
@@ -233,15 +239,6 @@ class GrowingCache(DecodeState):
 
 def _on_cuda(session) -> bool:
     return session.get_providers()[0] == "CUDAExecutionProvider"
-
-
-def _ortvalue(value):
-    """An ONNX Runtime value of a numpy array (host memory), or the value itself."""
-    if not isinstance(value, np.ndarray):
-        return value
-    from ortgen.session import import_onnxruntime
-
-    return import_onnxruntime().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
 
 
 def _host(value) -> np.ndarray:
@@ -302,9 +299,6 @@ class SlotCache(DecodeState):
 
     def __init__(self, model: Model) -> None:
         super().__init__(model)
-        from ortgen.session import import_onnxruntime
-
-        self._ortvalue = import_onnxruntime().OrtValue.ortvalue_from_numpy
         m = self.manifest
         self._seqlens, self._total = m.inplace["seqlens_k"], m.inplace["total_length"]
         self._lengths = np.zeros(0, dtype=np.int32)  # [rows] tokens cached per row
