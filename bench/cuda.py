@@ -36,7 +36,7 @@ class Ortgen:
 
         options = dict(top_k=0, seed=SEED, **sampling) if sampling else {}
         on_cuda = decode_state._on_cuda
-        if self.host_cache:  # the cache's home before 2026-12-04: host memory
+        if self.host_cache:  # the cache in host memory, as before (module-wide: one thread only)
             decode_state._on_cuda = lambda session: False
         try:
             out = self.generator.generate_ids(
