@@ -138,8 +138,11 @@ def scaling(results: dict) -> tuple[list[str], float | None]:
     return lines, flat
 
 
-def goals(results: dict, share: float | None, flat: float | None) -> list[str]:
-    """Each goal as (text, measured, bound, at least?) where this run measured both sides."""
+def goals(
+    results: dict, share: float | None, flat: float | None, neo: dict | None = None
+) -> list[str]:
+    """Each goal as (text, measured, bound, at least?) where this run measured both sides.
+    results: gpt2's; neo: gpt_neo's (its int8 within 10 % of gpt2's int8 on every workload)."""
     checks = []
     for system, peer, bits in (
         ("ortgen-int8", "llamacpp-q8_0", 8),
@@ -179,6 +182,13 @@ def goals(results: dict, share: float | None, flat: float | None) -> list[str]:
         if None not in rss:
             name = f"{system.removeprefix('ortgen-')} peak RSS ≤ 1.0× {peer}"
             checks.append((name, rss[0] / rss[1], 1.0, False))
+    for w in WORKLOAD_NAMES if neo else ():
+        theirs, mine = results.get("ortgen-int8", {}).get(w), neo.get("ortgen-int8", {}).get(w)
+        if theirs and mine:
+            within = median(mine) / median(theirs)  # W2 a time: the bound is above 1 there
+            up = HIGHER_IS_BETTER[w]
+            name = f"gpt_neo int8 {w.upper()} {'≥ 0.9' if up else '≤ 1.1'}× gpt2 int8"
+            checks.append((name, within, 0.9 if up else 1.1, up))
     rows = [(n, v, b, up) for n, v, b, up in checks if v is not None]
     return ["", *goal_lines(rows)] if rows else []
 
@@ -205,4 +215,5 @@ def report(header: str, systems_by_arch: dict, all_results: dict) -> str:
     gpt2 = all_results.get("gpt2", {})
     probe_lines, share = bandwidth(systems_by_arch.get("gpt2", {}), gpt2)
     scale_lines, flat = scaling(gpt2)
-    return "\n".join(lines + probe_lines + scale_lines + goals(gpt2, share, flat))
+    neo = all_results.get("gpt_neo")
+    return "\n".join(lines + probe_lines + scale_lines + goals(gpt2, share, flat, neo))

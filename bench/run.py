@@ -1,8 +1,8 @@
 """`make bench`: ortgen (fp32, int8, int4) beside transformers PyTorch, optimum's
 ORTModelForCausalLM, CTranslate2 (int8, fp32) and llama.cpp (q8_0, q4_0; CTranslate2 and llama.cpp
 have no GPT-Neo), on random-weight checkpoints with the real gpt2 (124M) and gpt-neo-125M configs.
-Each measurement runs in a fresh process; rounds are interleaved in shuffled order, each with a
-read-bandwidth probe; medians with min–max. Prints one markdown table per model, ratios to
+Each measurement runs in a fresh process; rounds are interleaved in shuffled order (both models'
+measurements in one order), each with a read-bandwidth probe; medians with min–max. Prints one markdown table per model, ratios to
 llama.cpp and CTranslate2, the int8 bandwidth efficiency, a decode-step scaling table and the
 goals, and writes the raw results to bench/results/.
 
@@ -40,21 +40,25 @@ def measure(system: str, spec: dict, workload: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_rounds(systems: dict, workloads: set[str] | None, rounds: int, seed: int) -> dict:
-    """system → workload → list of results, measured in shuffled interleaved order."""
+def run_rounds(
+    systems_by_arch: dict, workloads: set[str] | None, rounds: int, seed: int
+) -> dict:
+    """arch → system → workload → list of results. Every arch's measurements share one shuffled
+    order per round, so ratios across models (GPT-Neo against GPT-2) are interleaved too."""
     order = [
-        (s, w)
+        (arch, s, w)
+        for arch, systems in systems_by_arch.items()
         for s, spec in systems.items()
         for w in spec["workloads"]
         if s == PROBE or workloads is None or w in workloads
     ]
-    results: dict = {s: {} for s in systems}
+    results: dict = {arch: {s: {} for s in systems} for arch, systems in systems_by_arch.items()}
     rng = random.Random(seed)
     for round_index in range(rounds):
         rng.shuffle(order)
-        for system, workload in order:
-            result = measure(system, systems[system], workload)
-            results[system].setdefault(workload, []).append(result)
+        for arch, system, workload in order:
+            result = measure(system, systems_by_arch[arch][system], workload)
+            results[arch][system].setdefault(workload, []).append(result)
         print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
     return results
 
@@ -86,13 +90,13 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", help="only these workloads (w1…w5, past16…)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    started, systems_by_arch, all_results = time.time(), {}, {}
+    started, systems_by_arch = time.time(), {}
     wanted = set(args.systems) if args.systems else None
     workloads = set(args.workloads) if args.workloads else None
     for arch in args.arch:
         print(f"{arch}: preparing artefacts", file=sys.stderr)
         systems_by_arch[arch] = prepare(arch, wanted)
-        all_results[arch] = run_rounds(systems_by_arch[arch], workloads, args.rounds, args.seed)
+    all_results = run_rounds(systems_by_arch, workloads, args.rounds, args.seed)
     filters = sys.argv[1:] if args.systems or args.workloads else []
     text = report(header(args.rounds, filters), systems_by_arch, all_results)
     print(text)
