@@ -2,9 +2,9 @@
 ORTModelForCausalLM, CTranslate2 (int8, fp32) and llama.cpp (q8_0, q4_0; CTranslate2 and llama.cpp
 have no GPT-Neo), on random-weight checkpoints with the real gpt2 (124M) and gpt-neo-125M configs.
 Each measurement runs in a fresh process; rounds are interleaved in shuffled order (both models'
-measurements in one order), each with a read-bandwidth probe; medians with min–max. Prints one markdown table per model, ratios to
-llama.cpp and CTranslate2, the int8 bandwidth efficiency, a decode-step scaling table and the
-goals, and writes the raw results to bench/results/.
+measurements in one order), each with a read-bandwidth probe; medians with min–max. Prints one
+markdown table per model, ratios to llama.cpp and CTranslate2, the int8 bandwidth efficiency, a
+decode-step scaling table and the goals, and writes the raw results to bench/results/.
 
     python -m bench.run [--rounds 5] [--arch gpt2 gpt_neo] [--systems ortgen-int8 llamacpp-q8_0 …]
                         [--workloads w1 w4 past16 …]
