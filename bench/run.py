@@ -40,9 +40,7 @@ def measure(system: str, spec: dict, workload: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_rounds(
-    systems_by_arch: dict, workloads: set[str] | None, rounds: int, seed: int
-) -> dict:
+def run_rounds(systems_by_arch: dict, workloads: set[str] | None, rounds: int, seed: int) -> dict:
     """arch → system → workload → list of results. Every arch's measurements share one shuffled
     order per round, so ratios across models (GPT-Neo against GPT-2) are interleaved too."""
     order = [
