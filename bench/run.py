@@ -1,8 +1,9 @@
 """`make bench`: ortgen (fp32, int8, int4) beside transformers PyTorch, optimum's
 ORTModelForCausalLM, CTranslate2 (int8, fp32) and llama.cpp (q8_0, q4_0; CTranslate2 and llama.cpp
 have no GPT-Neo), on random-weight checkpoints with the real gpt2 (124M) and gpt-neo-125M configs.
-Each measurement runs in a fresh process; rounds are interleaved in shuffled order (both models'
-measurements in one order), each with a read-bandwidth probe; medians with min–max. Prints one
+Each measurement runs in a fresh process; rounds are interleaved in shuffled order, one workload's
+measurements back to back (both models', every system's), each with a read-bandwidth probe beside
+W1; medians with min–max, and ratios as medians of each round's ratio. Prints one
 markdown table per model, ratios to llama.cpp and CTranslate2, the int8 bandwidth efficiency, a
 decode-step scaling table and the goals, and writes the raw results to bench/results/.
 
@@ -40,23 +41,33 @@ def measure(system: str, spec: dict, workload: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def unit(workload: str) -> str:
+    """Measurements made back to back in a round: one workload's, every system and model alike
+    (the probe beside W1, the decode-step scaling's past lengths together), so the ratios the
+    report takes per round compare measurements made minutes apart at most."""
+    return "w1" if workload == "bw" else "past" if workload.startswith("past") else workload
+
+
 def run_rounds(systems_by_arch: dict, workloads: set[str] | None, rounds: int, seed: int) -> dict:
-    """arch → system → workload → list of results. Every arch's measurements share one shuffled
-    order per round, so ratios across models (GPT-Neo against GPT-2) are interleaved too."""
-    order = [
-        (arch, s, w)
-        for arch, systems in systems_by_arch.items()
-        for s, spec in systems.items()
-        for w in spec["workloads"]
-        if s == PROBE or workloads is None or w in workloads
-    ]
+    """arch → system → workload → one result per round. Each round runs the units (see `unit`)
+    in shuffled order, each unit's measurements shuffled: both models' in one order, so ratios
+    across models (GPT-Neo against GPT-2) are interleaved too."""
+    units: dict[str, list] = {}
+    for arch, systems in systems_by_arch.items():
+        for s, spec in systems.items():
+            for w in spec["workloads"]:
+                if s == PROBE or workloads is None or w in workloads:
+                    units.setdefault(unit(w), []).append((arch, s, w))
     results: dict = {arch: {s: {} for s in systems} for arch, systems in systems_by_arch.items()}
     rng = random.Random(seed)
+    order = list(units.values())
     for round_index in range(rounds):
         rng.shuffle(order)
-        for arch, system, workload in order:
-            result = measure(system, systems_by_arch[arch][system], workload)
-            results[arch][system].setdefault(workload, []).append(result)
+        for measurements in order:
+            rng.shuffle(measurements)
+            for arch, system, workload in measurements:
+                result = measure(system, systems_by_arch[arch][system], workload)
+                results[arch][system].setdefault(workload, []).append(result)
         print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
     return results
 
@@ -68,7 +79,8 @@ def header(rounds: int, filters: list[str]) -> str:
     return (
         f"## ortgen bench — {platform.machine()}, {platform.processor() or 'cpu'}, onnxruntime "
         f"{onnxruntime.__version__}, {THREADS} threads, {rounds} rounds (fresh process per "
-        f"measurement, shuffled, interleaved); median (min–max)\n\n"
+        f"measurement, shuffled, interleaved, one workload's measurements back to back); median "
+        f"(min–max); ratios and goals: medians of the rounds' ratios\n\n"
         f"W1: batch {W1['batch']}, {W1['prompt']}-token prompt → {W1['new']} greedy tokens. "
         f"W2: {W2['prompt']}-token prompt → first token. W3: batch {W3['batch']} × "
         f"{W3['prompt']}-token prompts → {W3['new']} tokens each. W4: {W4['prompt']}-token prompt "
