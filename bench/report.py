@@ -211,9 +211,8 @@ def goal_lines(rows: list[tuple[str, float, float, bool]]) -> list[str]:
     """A Markdown goal table from (goal, measured, bound, at least?) rows."""
     lines = ["| goal | measured | holds |", "|---|---|---|"]
     for name, value, bound, at_least in rows:
-        lines.append(
-            f"| {name} | {value:.2f} | {'yes' if holds(value, bound, at_least) else 'no'} |"
-        )
+        shown = f"{value:.3f}" if abs(value - bound) < 0.005 else f"{value:.2f}"  # 0.598 < 0.6
+        lines.append(f"| {name} | {shown} | {'yes' if holds(value, bound, at_least) else 'no'} |")
     return lines
 
 
