@@ -20,6 +20,30 @@
                           * row block: 64 rows run ~9 % faster than 32 at M = 48-256 (a C harness,
                           * K 768, N 3072, one thread) */
 
+/* y = ((slot0 + slot1) + (slot2 + slot3)) + bias: the 4-slot end of every path, 8 or 4 bits */
+INLINE float add_slots(float s0, float s1, float s2, float s3, const float *bias, int64_t n) {
+    float y = (s0 + s1) + (s2 + s3);
+    return bias ? y + bias[n] : y;
+}
+
+/* the many-rows paths' end: rows [m0, m0 + M) of columns [n, n + C), acc per row 4 slots × 16 */
+INLINE void store_groups(const float *acc, int64_t m0, int64_t M, const float *bias, int64_t N,
+                         int64_t n, int C, float *Y) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *slot = acc + m * 64;
+        for (int i = 0; i < C; i++)
+            Y[(m0 + m) * N + n + i] =
+                add_slots(slot[i], slot[16 + i], slot[32 + i], slot[48 + i], bias, n + i);
+    }
+}
+
+/* the few-rows paths' end: one column's 4 slots in a register */
+INLINE TARGET float slots_sum(__m128 acc, const float *bias, int64_t n) {
+    float slot[4];
+    _mm_storeu_ps(slot, acc);
+    return add_slots(slot[0], slot[1], slot[2], slot[3], bias, n);
+}
+
 static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 size_t q8_rows_bytes(int64_t M, int64_t KB, int64_t block) {
@@ -184,13 +208,7 @@ static TARGET void group(q8_rows rows, int64_t m0, int64_t m1, int64_t KB, const
             case 1: rows_block(1, here, m, KB, b, w, ws, acc); break;
         }
     }
-    for (int64_t m = 0; m < M; m++) {
-        const float *slot = acc + m * 64;
-        for (int i = 0; i < C; i++) {
-            float y = (slot[i] + slot[16 + i]) + (slot[32 + i] + slot[48 + i]);
-            Y[(m0 + m) * N + n + i] = bias ? y + bias[n + i] : y;
-        }
-    }
+    store_groups(acc, m0, M, bias, N, n, C, Y);
 }
 
 /* One column n for R (≤ 3) rows, reading its blocks as one stream, four at a time: the same
@@ -226,12 +244,7 @@ INLINE TARGET void column(const int R, q8_rows rows, int64_t m0, int64_t KB, con
             acc[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(dot), scale, acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        float slot[4];
-        _mm_storeu_ps(slot, acc[r]);
-        float y = (slot[0] + slot[1]) + (slot[2] + slot[3]);
-        Y[(m0 + r) * N + n] = bias ? y + bias[n] : y;
-    }
+    for (int r = 0; r < R; r++) Y[(m0 + r) * N + n] = slots_sum(acc[r], bias, n);
 }
 
 TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
@@ -408,13 +421,7 @@ static TARGET void group4(q8_rows rows, int64_t m0, int64_t m1, int64_t KB, cons
         else
             rows_pairs(0, here, KBp, M, b, w, ws0, ws0, acc);
     }
-    for (int64_t m = 0; m < M; m++) {
-        const float *slot = acc + m * 64;
-        for (int i = 0; i < C; i++) {
-            float y = (slot[i] + slot[16 + i]) + (slot[32 + i] + slot[48 + i]);
-            Y[(m0 + m) * N + n + i] = bias ? y + bias[n + i] : y;
-        }
-    }
+    store_groups(acc, m0, M, bias, N, n, C, Y);
 }
 
 /* Blocks [b, b + 16) of one column for R (≤ 3) rows into their 4 slots acc[r] (FULL: all 16
@@ -489,12 +496,7 @@ INLINE TARGET void column4(const int R, q8_rows rows, int64_t m0, int64_t KB, co
         case 2: column_blocks(R, 0, 2, rows, m0, KBp, KB, b, col, ws, acc); break;
         case 1: column_blocks(R, 0, 1, rows, m0, KBp, KB, b, col, ws, acc); break;
     }
-    for (int r = 0; r < R; r++) {
-        float slot[4];
-        _mm_storeu_ps(slot, acc[r]);
-        float y = (slot[0] + slot[1]) + (slot[2] + slot[3]);
-        Y[(m0 + r) * N + n] = bias ? y + bias[n] : y;
-    }
+    for (int r = 0; r < R; r++) Y[(m0 + r) * N + n] = slots_sum(acc[r], bias, n);
 }
 
 TARGET void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
