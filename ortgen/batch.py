@@ -138,7 +138,15 @@ class _Tally:
 
 def _worker_args(job: BatchJob) -> dict:
     model = str(Path(job.model).resolve()) if job.model is not None else None
-    return dict(model=model, threads=job.threads_per_actor, options=job.options, seed=job.seed)
+    # several workers on a machine share the folder's pages (one copy of the weights in memory,
+    # and in the cache) rather than each reading its own into huge pages
+    return dict(
+        model=model,
+        threads=job.threads_per_actor,
+        options=job.options,
+        seed=job.seed,
+        huge_pages=job.actors == 1,
+    )
 
 
 _WORKER: RecordWorker | None = None  # the worker process's own (local mode)

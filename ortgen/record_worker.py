@@ -17,11 +17,19 @@ class RecordWorker:
     with {"records": [JSON list of one batch's records]}; local worker processes call `run` with
     the records themselves."""
 
-    def __init__(self, model: str | None, threads: int, options: dict, seed: int, shipped=None):
+    def __init__(
+        self,
+        model: str | None,
+        threads: int,
+        options: dict,
+        seed: int,
+        shipped=None,
+        huge_pages: bool = True,
+    ):
         from ortgen.generator import Generator
 
         folder = _unpack(*shipped) if shipped else model
-        self.generator = Generator.from_dir(folder, threads=threads)
+        self.generator = Generator.from_dir(folder, threads=threads, huge_pages=huge_pages)
         self.options, self.seed = options, seed
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:

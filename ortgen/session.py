@@ -18,6 +18,7 @@ from ortgen.errors import (
 )
 from ortgen.folder import check_session
 from ortgen.manifest import MIN_ONNXRUNTIME
+from ortgen.weights import load_initializers
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -104,10 +105,13 @@ def create_session(
     min_onnxruntime: str = MIN_ONNXRUNTIME,
     spin: bool = True,
     custom_ops: str | None = None,
+    huge_pages: bool = False,
 ):
     """An InferenceSession on `device`, verified to really run there (ORT silently falls back);
     `min_onnxruntime` is the folder's manifest value; `custom_ops`: a custom-op library the
-    graph's nodes need (kernels.library())."""
+    graph's nodes need (kernels.library()); `huge_pages`: read the graph's external weights into
+    huge pages ortgen holds (weights.py; for graphs whose kernels read weights as stored, on
+    CPU)."""
     ort = import_onnxruntime()
     require_onnxruntime(ort, max(min_onnxruntime, MIN_ONNXRUNTIME, key=_release))
     if device not in DEVICES:
@@ -135,6 +139,9 @@ def create_session(
                 f"onnxruntime cannot register ortgen's native kernels ({first_line(err)}): "
                 "reinstall ortgen, or set ORTGEN_NATIVE=0"
             ) from None
+    initializers = load_initializers(Path(model_path), ort) if huge_pages else None
+    for name, value in initializers or ():
+        options.add_initializer(name, value)
     try:
         session = ort.InferenceSession(
             str(model_path), options, providers=DEVICES[device], disabled_optimizers=UNFOLDED
@@ -143,6 +150,7 @@ def create_session(
         raise ModelFolderError(
             f"cannot load {model_path}: {first_line(err)}; re-export it"
         ) from None
+    session.ortgen_initializers = initializers  # ORT reads them in place: they live as it does
     check_session(model_path, session)  # the graph's inputs and outputs are the manifest's
     if session.get_providers()[0] != wanted:
         raise DeviceError(

@@ -19,6 +19,8 @@ CORPUS = [
 EOS = training.train.EOS
 WINDOW = 8  # GPT-Neo local window: shorter than the test prompts
 TRAIN_STEPS = 150  # a short fit to CORPUS: peaked, structured predictions like a real model's
+QUANTIZED = ("int8", "int4")
+PRECISIONS = ("fp16", *QUANTIZED)  # the reduced ones each checkpoint is exported in
 
 
 def training_text(sentences: int = 400, seed: int = 0) -> str:

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # checkpoints.py
 sys.path.insert(0, str(Path(__file__).parent.parent))  # training/, bench/
 
-from checkpoints import build_checkpoint  # noqa: E402
+from checkpoints import PRECISIONS, build_checkpoint  # noqa: E402
 
 ARCHS = ("gpt2", "gpt_neo")
 GRAPHS = ("built", "traced")  # every graph kind the export can produce
@@ -40,6 +40,25 @@ def exported_graphs(checkpoints, tmp_path_factory) -> dict[tuple[str, str], Path
 def exported(exported_graphs) -> dict[str, Path]:
     """The default export (built graph) of each architecture."""
     return {arch: exported_graphs[arch, "built"] for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def quantized(checkpoints, tmp_path_factory) -> dict[tuple[str, str], object]:
+    """Reduced-precision exports: built graph under (arch, p), traced under (arch, p, "traced")."""
+    from ortgen_export import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("quantized")
+    folders = {}
+    for arch, checkpoint in checkpoints.items():
+        for precision in PRECISIONS:
+            for kind in ("built", "traced"):
+                folder = root / f"{arch}-{precision}-{kind}"
+                export_model(
+                    str(checkpoint), folder, ExportOptions(precision=precision, graph=kind)
+                )
+                key = (arch, precision) if kind == "built" else (arch, precision, kind)
+                folders[key] = folder
+    return folders
 
 
 @pytest.fixture(scope="session")

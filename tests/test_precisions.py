@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from checkpoints import PRECISIONS, QUANTIZED
 from cpu import runs_native_kernels
 from onnx import TensorProto, helper, numpy_helper
 
@@ -21,26 +22,6 @@ from ortgen.manifest import read_manifest
 from ortgen_export import ExportOptions, export_model
 from ortgen_export.parity import thresholds_for
 from ortgen_export.quantize import QuantReport, pack_rows, require_complete
-
-QUANTIZED = ("int8", "int4")
-PRECISIONS = ("fp16", *QUANTIZED)
-
-
-@pytest.fixture(scope="session")
-def quantized(checkpoints, tmp_path_factory) -> dict[tuple[str, str], object]:
-    """Reduced-precision exports: built graph under (arch, p), traced under (arch, p, "traced")."""
-    root = tmp_path_factory.mktemp("quantized")
-    folders = {}
-    for arch, checkpoint in checkpoints.items():
-        for precision in PRECISIONS:
-            for kind in ("built", "traced"):
-                folder = root / f"{arch}-{precision}-{kind}"
-                export_model(
-                    str(checkpoint), folder, ExportOptions(precision=precision, graph=kind)
-                )
-                key = (arch, precision) if kind == "built" else (arch, precision, kind)
-                folders[key] = folder
-    return folders
 
 
 def dequantize(data: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
