@@ -8,7 +8,7 @@ DEMO   := demo-model
 PEERS  := bench/.venv
 
 .PHONY: install test test-runtime demo train default-model lint format bench bench-setup bench-setup-server \
-	bench-serving bench-large clean
+	bench-serving bench-under-load bench-large clean
 
 install: $(STAMP)
 
@@ -114,6 +114,10 @@ bench: $(STAMP)
 # (built if missing). About 4 minutes.
 bench-serving: $(STAMP) $(LLAMA_SERVER)
 	$(BIN)/python -m bench.serving --llama-server $(LLAMA_SERVER)
+
+# W1 idle and with busy processes on the cores: ortgen's spin settings and llama.cpp (~5 minutes)
+bench-under-load: $(STAMP)
+	$(BIN)/python -m bench.under_load
 
 # gpt2-large and gpt-neo-1.3B (random weights, real configs) at fp32 / int8 / int4: export time and
 # peak RSS, folder size, W1 tokens/s. About 30 minutes and 25 GB of disk under bench/work.

@@ -39,10 +39,10 @@ def prompts(batch: int, length: int) -> list[list[int]]:
 
 
 class Ortgen:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, spin: bool | int = True) -> None:
         from ortgen import Generator
 
-        self.generator = Generator.from_dir(path, threads=THREADS)
+        self.generator = Generator.from_dir(path, threads=THREADS, spin=spin)
 
     def run(self, batch: list[list[int]], new: int, sampling: dict | None = None) -> int:
         options = dict(top_k=0, seed=SEED, **sampling) if sampling else {}
@@ -192,8 +192,9 @@ class CTranslate2:
 
 
 def load(system: str, path: str):
-    if system.startswith("ortgen"):
-        return Ortgen(path)
+    if system.startswith("ortgen"):  # "ortgen-int8+nospin", "+spin100": Generator's spin
+        spin = system.partition("+")[2]
+        return Ortgen(path, False if spin == "nospin" else int(spin[4:]) if spin else True)
     if system.startswith("llamacpp"):
         return LlamaCpp(path)
     if system == "torch":

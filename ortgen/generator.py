@@ -48,15 +48,16 @@ class Generator:
         device: str = "cpu",
         threads: int | None = None,
         graph: str | None = None,
-        spin: bool = True,
+        spin: bool | int = True,
         huge_pages: bool = True,
     ) -> Generator:
         """Load `path` (written by `ortgen export`; default: the bundled model) on `device`
         ("cpu" or "cuda"). `graph`: "native" or "inplace" (the defaults, in that order, where the
         folder has them, on CPU; see model.fastest_graph) or "portable" (model.onnx, as other
         clients run it). `spin=False`: idle ONNX Runtime threads sleep instead of busy-waiting
-        (for machines whose cores are shared). `huge_pages=False`: weights stay in the page cache,
-        shared by processes that load the same folder (see Model.load)."""
+        (for machines whose cores are shared); `spin=N`: they busy-wait N µs, then sleep.
+        `huge_pages=False`: weights stay in the page cache, shared by processes that load the
+        same folder (see Model.load)."""
         folder = Path(path) if path is not None else default_model()
         if graph is None and device != "cpu":
             graph = "portable"  # the in-place cache lives in host memory

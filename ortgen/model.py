@@ -36,14 +36,15 @@ class Model:
         device: str = "cpu",
         threads: int | None = None,
         graph: str | None = None,
-        spin: bool = True,
+        spin: bool | int = True,
         huge_pages: bool = True,
     ) -> Model:
         """The folder's fastest graph that runs here (native, then in-place, then portable), or
-        the one `graph` names. `spin`: let idle ONNX Runtime threads busy-wait (see
-        session.session_options). `huge_pages`: the native graph reads its weights from this
-        process's own huge pages (weights.py: decode steps ~20 % faster), not from the file's
-        pages in the page cache, which processes loading the same folder share."""
+        the one `graph` names. `spin`: whether (True), not (False) or for how many µs idle ONNX
+        Runtime threads busy-wait (see session.session_options). `huge_pages`: the native graph
+        reads its weights from this process's own huge pages (weights.py: decode steps ~20 %
+        faster), not from the file's pages in the page cache, which processes loading the same
+        folder share."""
         folder = Path(folder)
         manifest = read_manifest(folder)
         graph = graph or fastest_graph(manifest, device)

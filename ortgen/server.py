@@ -44,6 +44,7 @@ from ortgen.errors import (
     first_line,
 )
 from ortgen.generator import Generator
+from ortgen.session import SHORT_SPIN_US
 
 log = logging.getLogger("uvicorn.error.ortgen")  # shown with uvicorn's own lines
 DRAIN_SECONDS = 10  # on SIGTERM / Ctrl-C: in-flight requests get this long, then are cancelled
@@ -84,7 +85,7 @@ class Service:
         folder: Path | None,
         limits: EngineLimits,
         threads: int | None,
-        spin: bool = False,
+        spin: bool | int = SHORT_SPIN_US,
         device: str = "cpu",
     ) -> None:
         self.folder, self.limits, self.threads, self.spin = folder, limits, threads, spin
@@ -315,7 +316,7 @@ def serve(
     port: int,
     limits: EngineLimits,
     threads: int | None,
-    spin: bool = False,
+    spin: bool | int = SHORT_SPIN_US,
     device: str = "cpu",
 ):
     """Run until SIGTERM / Ctrl-C: then stop accepting, let in-flight requests finish for up to

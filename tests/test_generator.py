@@ -92,6 +92,12 @@ def test_defaults_come_from_generation_config(exported, tmp_path):
     assert len(generator.generate_ids([1, 2, 3], ignore_eos=True)) == 7
 
 
+@pytest.mark.parametrize("spin", [-1, 2.5, "yes"])
+def test_a_spin_that_is_neither_a_switch_nor_microseconds_is_refused(exported, spin):
+    with pytest.raises(InvalidOptionError, match="spin must be True, False or a number of µs"):
+        Generator.from_dir(exported["gpt2"], spin=spin)
+
+
 def test_non_model_folder_is_refused(tmp_path):
     with pytest.raises(ModelFolderError, match="not an ortgen model folder"):
         Generator.from_dir(tmp_path)

@@ -93,33 +93,48 @@ GREEDY = dict(max_tokens=12, temperature=0)
 OPENAI_DEFAULTS = dict(do_sample=False, repetition_penalty=1.0, min_new_tokens=0)
 
 
-def spins(service) -> bool:
-    """Whether the service's ONNX Runtime session lets idle pool threads busy-wait (its own
-    default where nothing says otherwise)."""
+def spin_bound(service) -> float:
+    """How long the service's ONNX Runtime session lets an idle pool thread busy-wait for the
+    next kernel, in µs: 0 (it sleeps at once), a bound, or inf (ONNX Runtime's default)."""
     service.load()
     if service.load_error is not None:
         raise service.load_error
     options = service.engine.generator.model.session.get_session_options()
+
+    def entry(key: str) -> str | None:
+        try:
+            return options.get_session_config_entry(f"session.intra_op.{key}")
+        except RuntimeError:  # not set
+            return None
+
     try:
-        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
-    except RuntimeError:  # not set
-        return True
+        if entry("allow_spinning") == "0":
+            return 0.0
+        bound = entry("spin_duration_us")
+        return float(bound) if bound is not None else float("inf")
     finally:
         service.engine.close()
 
 
 def test_served_model_threads_sleep_when_idle_unless_told_to_spin(exported):
     """`ortgen serve` shares the cores with its own HTTP and streaming threads: by default ONNX
-    Runtime's idle threads sleep instead of busy-waiting for the next step (--spin to choose)."""
+    Runtime's idle threads busy-wait only through one step's gaps between kernels, then sleep
+    instead of spinning on after the step (--spin and --no-spin to choose either)."""
     import inspect
+
+    import onnxruntime
 
     from ortgen.cli.commands import serve
     from ortgen.engine import EngineLimits
     from ortgen.server import Service
+    from ortgen.session import BOUNDED_SPIN, SHORT_SPIN_US, _release
 
-    assert inspect.signature(serve).parameters["spin"].default is False  # the CLI's default
-    assert not spins(Service(exported["gpt2"], EngineLimits(), 1))
-    assert spins(Service(exported["gpt2"], EngineLimits(), 1, spin=True))
+    assert inspect.signature(serve).parameters["spin"].default is None  # the CLI's: bounded
+    bounded = _release(onnxruntime.__version__) >= BOUNDED_SPIN
+    expected = SHORT_SPIN_US if bounded else 0
+    assert spin_bound(Service(exported["gpt2"], EngineLimits(), 1)) == expected <= 1000
+    assert spin_bound(Service(exported["gpt2"], EngineLimits(), 1, spin=True)) == float("inf")
+    assert spin_bound(Service(exported["gpt2"], EngineLimits(), 1, spin=False)) == 0
 
 
 def test_serving_on_a_device_that_is_absent_is_one_clear_error(exported):

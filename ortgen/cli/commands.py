@@ -109,14 +109,16 @@ def serve(
         ),
     ] = 128,
     spin: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--spin/--no-spin",
-            help="Idle ONNX Runtime threads busy-wait for the next step. Off by default: they "
-            "would take the cores from the server's own threads (HTTP, streaming), and the "
-            "running streams' p99 gap grows several-fold.",
+            help="--spin: idle ONNX Runtime threads busy-wait for the next step (they take the "
+            "cores from the server's own HTTP and streaming threads: the running streams' p99 "
+            "gap grows several-fold). --no-spin: they sleep at once (kindest to other processes "
+            "on the cores). Neither: they busy-wait through a step's gaps between kernels "
+            "(100 µs at most), then sleep.",
         ),
-    ] = False,
+    ] = None,
     device: Device = "cpu",
 ) -> None:
     """Serve the model over HTTP: OpenAI-style /v1/completions, /generate, /health, /metrics."""
@@ -129,7 +131,9 @@ def serve(
     from ortgen.engine import EngineLimits
 
     limits = EngineLimits(max_batch, max_queue, timeout, prefill_chunk)
-    run_server(model, host, port, limits, threads, spin, device)
+    from ortgen.session import SHORT_SPIN_US
+
+    run_server(model, host, port, limits, threads, SHORT_SPIN_US if spin is None else spin, device)
 
 
 @app.command()
