@@ -1,7 +1,10 @@
 /* The ONNX Runtime custom-op library: domain "ortgen", op Q8MatMul(A, B, scales[, bias]) → Y with
  * attributes K and N (the inputs of a MatMulNBits, computed by q8gemm with int8 activations),
  * optional bits (8, the default: blocks of 64; or 4: blocks of 32) and optional activation (1:
- * GELU, tanh form, after the bias), op CachedAttention and op SkipNorm (below).
+ * GELU, tanh form, after the bias); with attribute epsilon it first does a SkipNorm's work:
+ * Q8MatMul(x, B, scales, bias, skip, gamma, beta[, norm bias]) → (Y[, sum]) is
+ * Q8MatMul(SkipNorm(x, skip, gamma, beta, norm bias)) with SkipNorm's sum, the same bits, one node
+ * fewer. Ops CachedAttention and SkipNorm below.
  *
  * ONNX Runtime's C API is a table of function pointers (OrtApi) reached through OrtApiBase; the
  * table only ever grows at its end, so an entry's index never changes once a version added it.
@@ -108,6 +111,8 @@ typedef struct {
     const OrtApi *api;
     int64_t K, N, KB, activation; /* activation 1: GELU (tanh form) after the bias */
     int64_t bits, block;          /* 8 and Q8_BLOCK, or 4 and Q4_BLOCK */
+    int norm;                     /* attribute epsilon given: SkipNorm's work comes first */
+    float eps;
 } Kernel;
 
 static OrtStatus *fail(const OrtApi *api, const char *message) {
@@ -136,6 +141,11 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api,
     if (!status) status = FN(api, KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "N", &kernel->N);
     kernel->activation = optional_int(api, info, "activation", 0);
     kernel->bits = optional_int(api, info, "bits", 8);
+    OrtStatus *no_norm = FN(api, KERNEL_INFO_GET_ATTRIBUTE_FLOAT, GetFloat)(info, "epsilon", &kernel->eps);
+    kernel->norm = !no_norm;
+    if (no_norm) FN(api, RELEASE_STATUS, void (*)(OrtStatus *))(no_norm);
+    if (!status && kernel->norm && !(kernel->eps >= 0.0f))
+        status = fail(api, "Q8MatMul: attribute epsilon must be ≥ 0");
     if (!status && (kernel->K < 1 || kernel->N < 1))
         status = fail(api, "Q8MatMul: attributes K and N must be positive");
     if (!status && (kernel->activation < 0 || kernel->activation > 1))
@@ -178,19 +188,24 @@ static OrtStatus *check_size(const OrtApi *api, const OrtValue *value, int64_t s
     return count == size ? NULL : fail(api, message);
 }
 
-/* One call's work, in tasks: first row ranges to quantize, then column ranges. */
+/* One call's work, in tasks: first row ranges to quantize (after their SkipNorm, where the node
+ * has one), then column ranges. */
 typedef struct {
     const float *A, *scales, *bias;
     const uint8_t *W;
     float *Y;
     int64_t M, K, KB, N, tasks, activation, bits;
     q8_rows rows;
+    int norm;        /* A is SkipNorm's input: its rows are normalized into `normed` first */
+    norm_args nargs; /* y: normed [M, K] scratch; sum: the node's second output or NULL */
 } Work;
 
 static void quantize_task(void *data, size_t task) {
     Work *w = data;
     int64_t m0 = w->M * (int64_t)task / w->tasks, m1 = w->M * ((int64_t)task + 1) / w->tasks;
-    (w->bits == 8 ? q8_quantize : q4_quantize)(w->A, w->K, w->KB, m0, m1, w->rows);
+    if (w->norm) skip_norm(&w->nargs, m0, m1); /* the same rows, the same bits as SkipNorm's */
+    const float *A = w->norm ? w->nargs.y : w->A;
+    (w->bits == 8 ? q8_quantize : q4_quantize)(A, w->K, w->KB, m0, m1, w->rows);
 }
 
 static void gemm_task(void *data, size_t task) {
@@ -219,14 +234,43 @@ static OrtStatus *run_tasks(const OrtApi *api, OrtKernelContext *context,
                                                              data);
 }
 
+/* The SkipNorm inputs of a node with attribute epsilon (skip, gamma, beta, bias: in[4..7]) → a,
+ * once they are known to fit A [M, K]; y and sum are set by the caller. */
+static OrtStatus *norm_inputs_of(const Kernel *kernel, const OrtValue *const *in,
+                                 const int64_t *dims, size_t rank, norm_args *a) {
+    const OrtApi *api = kernel->api;
+    if (!kernel->norm)
+        return in[4] || in[5] || in[6] || in[7]
+                   ? fail(api, "Q8MatMul: skip, gamma, beta and norm bias need attribute epsilon")
+                   : NULL;
+    if (!in[4] || !in[5] || !in[6])
+        return fail(api, "Q8MatMul: with attribute epsilon, skip, gamma and beta are required");
+    int64_t skip_dims[8];
+    size_t skip_rank = 0;
+    OrtStatus *status = shape_of(api, in[4], skip_dims, &skip_rank, "Q8MatMul: skip has more than 8 dimensions");
+    if (status) return status;
+    if (skip_rank != rank || memcmp(dims, skip_dims, sizeof(int64_t) * rank))
+        return fail(api, "Q8MatMul: A and skip differ in shape");
+    void *data[4] = {0};
+    for (int i = 0; i < 4 && !status; i++)
+        if (in[4 + i]) {
+            if (i) status = check_size(api, in[4 + i], kernel->K, "Q8MatMul: gamma, beta and norm bias must each hold K values");
+            if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)((OrtValue *)in[4 + i], &data[i]);
+        }
+    *a = (norm_args){.skip = data[0], .gamma = data[1], .beta = data[2], .bias = data[3],
+                     .H = kernel->K, .eps = kernel->eps};
+    return status;
+}
+
 static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     Kernel *kernel = opaque;
     const OrtApi *api = kernel->api;
-    const OrtValue *in[4] = {0};
-    size_t count = 0, rank = 0;
+    const OrtValue *in[8] = {0};
+    size_t count = 0, rank = 0, outputs = 0;
     OrtStatus *status = FN(api, KERNEL_CONTEXT_GET_INPUT_COUNT, GetCount)(context, &count);
-    for (size_t i = 0; !status && i < count && i < 4; i++)
+    for (size_t i = 0; !status && i < count && i < 8; i++)
         status = FN(api, KERNEL_CONTEXT_GET_INPUT, GetInput)(context, i, &in[i]);
+    if (!status) status = FN(api, KERNEL_CONTEXT_GET_OUTPUT_COUNT, GetCount)(context, &outputs);
     int64_t dims[8];
     if (!status)
         status = shape_of(api, in[0], dims, &rank, "Q8MatMul: A has more than 8 dimensions");
@@ -240,24 +284,34 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
         status = check_size(api, in[2], kernel->N * kernel->KB,
                             eight ? "Q8MatMul: scales are not N x K/64" : "Q8MatMul: scales are not N x K/32");
     if (!status && in[3]) status = check_size(api, in[3], kernel->N, "Q8MatMul: bias is not N long");
+    norm_args nargs = {0};
+    if (!status) status = norm_inputs_of(kernel, in, dims, rank, &nargs);
     if (status) return status;
     int64_t M = 1;
     for (size_t d = 0; d + 1 < rank; d++) M *= dims[d];
+    OrtValue *sum = NULL; /* the residual sum, SkipNorm's second output, where the graph reads it */
+    if (kernel->norm && outputs > 1)
+        status = FN(api, KERNEL_CONTEXT_GET_OUTPUT, GetOutput)(context, 1, dims, rank, &sum);
     dims[rank - 1] = kernel->N;
     OrtValue *out = NULL;
-    status = FN(api, KERNEL_CONTEXT_GET_OUTPUT, GetOutput)(context, 0, dims, rank, &out);
-    void *data[5] = {0};
-    OrtValue *values[5] = {(OrtValue *)in[0], (OrtValue *)in[1], (OrtValue *)in[2],
-                           (OrtValue *)in[3], out};
-    for (int i = 0; !status && i < 5; i++)
+    if (!status) status = FN(api, KERNEL_CONTEXT_GET_OUTPUT, GetOutput)(context, 0, dims, rank, &out);
+    void *data[6] = {0};
+    OrtValue *values[6] = {(OrtValue *)in[0], (OrtValue *)in[1], (OrtValue *)in[2],
+                           (OrtValue *)in[3], out, sum};
+    for (int i = 0; !status && i < 6; i++)
         if (values[i]) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(values[i], &data[i]);
     if (status || M == 0) return status;
     int64_t stored = eight ? kernel->KB : Q4_PADDED(kernel->KB); /* activation blocks a row */
-    void *space = scratch_for(q8_rows_bytes(M, stored, kernel->block));
+    size_t codes = q8_rows_bytes(M, stored, kernel->block); /* a multiple of 64 */
+    size_t normed = kernel->norm ? (size_t)M * (size_t)kernel->K * sizeof(float) : 0;
+    char *space = scratch_for(codes + normed);
     if (!space) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "Q8MatMul: out of memory");
+    nargs.x = data[0];
+    nargs.y = (float *)(space + codes);
+    nargs.sum = data[5];
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
                  M >= 64 ? 16 : 1, kernel->activation, kernel->bits,
-                 q8_rows_at(space, M, stored, kernel->block)};
+                 q8_rows_at(space, M, stored, kernel->block), kernel->norm, nargs};
     status = run_tasks(api, context, quantize_task, work.tasks, work.tasks, &work);
     if (!status) {
         int64_t groups = (kernel->N + 15) / 16;
@@ -536,10 +590,12 @@ static int norm_output_kind(const OrtCustomOp *op, size_t i) { (void)op; return 
 static const char *op_name(const OrtCustomOp *op) { (void)op; return "Q8MatMul"; }
 static const char *op_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 1 ? TYPE_UINT8 : TYPE_FLOAT; }
-static size_t input_count(const OrtCustomOp *op) { (void)op; return 4; }
+/* Q8MatMul(A, B, scales[, bias][, skip, gamma, beta[, norm bias]]) → (Y[, sum]) */
+static size_t input_count(const OrtCustomOp *op) { (void)op; return 8; }
 static int output_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
-static size_t output_count(const OrtCustomOp *op) { (void)op; return 1; }
-static int input_kind(const OrtCustomOp *op, size_t i) { (void)op; return i == 3 ? OPTIONAL : REQUIRED; }
+static size_t output_count(const OrtCustomOp *op) { (void)op; return 2; }
+static int input_kind(const OrtCustomOp *op, size_t i) { (void)op; return i >= 3 ? OPTIONAL : REQUIRED; }
+static int q8_output_kind(const OrtCustomOp *op, size_t i) { (void)op; return i ? OPTIONAL : REQUIRED; }
 static int output_kind(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return REQUIRED; }
 static int memory_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
 static int one(const OrtCustomOp *op) { (void)op; return 1; }
@@ -561,7 +617,7 @@ static int last_version(const OrtCustomOp *op) { (void)op; return INT_MAX; }
 
 static const OrtCustomOp ops[] = {
     CUSTOM_OP(op_name, input_type, input_count, output_type, output_count, input_kind,
-              output_kind, create_kernel, compute),
+              q8_output_kind, create_kernel, compute),
     CUSTOM_OP(attention_name, attention_input_type, attention_inputs, attention_output_type,
               attention_outputs, attention_input_kind, output_kind, create_attention,
               compute_attention),

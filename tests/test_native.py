@@ -591,3 +591,81 @@ def test_skip_norm_refuses_mismatched_inputs():
         session.run(None, {"x": np.ones((2, 16), np.float32), "skip": np.ones((1, 16), np.float32)})
     with pytest.raises(Exception, match="gamma, beta and bias must each hold"):
         session.run(None, {"x": np.ones((2, 8), np.float32), "skip": np.ones((2, 8), np.float32)})
+
+
+# ---- Q8MatMul with attribute epsilon: a SkipNorm folded in front ----
+
+
+def norm_then_matmul(k: int, n: int, bits: int, norm_bias: bool, sum_output: bool, fused: bool):
+    """SkipNorm → Q8MatMul (with bias and GELU) as two nodes, or as the one node the export
+    folds them into: the same weights either way."""
+    rng = np.random.default_rng(k + bits)
+    data, scales, _ = packed(rng.normal(size=(n, k)).astype(np.float32), bits)
+    names = ["gamma", "beta", *(["nbias"] if norm_bias else [])]
+    weights = {nm: rng.normal(size=k).astype(np.float32) for nm in names}
+    weights |= {"B": data, "S": scales, "bias": rng.normal(size=n).astype(np.float32)}
+    sums = ["sum"] if sum_output else []
+    q8 = dict(domain=kernels.DOMAIN, K=k, N=n, activation=1, **({"bits": 4} if bits == 4 else {}))
+    if fused:
+        inputs = ["x", "B", "S", "bias", "skip", *names]
+        nodes = [helper.make_node("Q8MatMul", inputs, ["Y", *sums], epsilon=1e-5, **q8)]
+    else:
+        nodes = [
+            helper.make_node(
+                "SkipNorm", ["x", "skip", *names], ["h", *sums], domain=kernels.DOMAIN, epsilon=1e-5
+            ),
+            helper.make_node("Q8MatMul", ["h", "B", "S", "bias"], ["Y"], **q8),
+        ]
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "norm-q8",
+        [tensor(nm, TensorProto.FLOAT, None) for nm in ("x", "skip")],
+        [tensor(nm, TensorProto.FLOAT, None) for nm in ["Y", *sums]],
+        [numpy_helper.from_array(v, nm) for nm, v in weights.items()],
+    )
+    return native_session(graph)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("norm_bias, sum_output", [(True, True), (False, False), (True, False)])
+def test_a_folded_skip_norm_gives_the_bits_of_the_two_nodes(bits, norm_bias, sum_output):
+    """Rows 1 and 3 (one column at a time), 70 (16-column groups, rows quantized on the threads):
+    the folded node's product and residual sum are the two nodes', bit for bit, a NaN row's
+    included, and a row's bits do not depend on the rows beside it."""
+    k, n = 200, 70
+    apart = norm_then_matmul(k, n, bits, norm_bias, sum_output, fused=False)
+    folded = norm_then_matmul(k, n, bits, norm_bias, sum_output, fused=True)
+    rng = np.random.default_rng(bits)
+    for m in (1, 3, 70):
+        feed = {
+            "x": (rng.normal(size=(1, m, k)) * rng.uniform(0.1, 5, size=(1, m, 1))).astype(
+                np.float32
+            ),
+            "skip": rng.normal(size=(1, m, k)).astype(np.float32),
+        }
+        feed["x"][0, 0, 5] = np.nan
+        want, got = apart.run(None, feed), folded.run(None, feed)
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, got, strict=True))
+        assert np.isnan(got[0][0, 0]).all() and np.isfinite(got[0][0, 1:]).all()
+        alone = folded.run(None, {name: v[:, -1:] for name, v in feed.items()})
+        assert np.array_equal(alone[0][0, 0], got[0][0, -1])
+
+
+def test_a_folded_skip_norm_refuses_what_skip_norm_refuses():
+    folded = norm_then_matmul(64, 16, 8, True, True, fused=True)
+    with pytest.raises(Exception, match="Q8MatMul: A and skip differ in shape"):
+        folded.run(None, {"x": np.ones((2, 64), np.float32), "skip": np.ones((1, 64), np.float32)})
+    data, scales = pack_rows(np.ones((8, 64), np.float32), 8, 64)
+    node = helper.make_node(
+        "Q8MatMul", ["A", "B", "S", "", "A"], ["Y"], domain=kernels.DOMAIN, K=64, N=8
+    )
+    graph = helper.make_graph(
+        [node],
+        "no-epsilon",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(data, "B"), numpy_helper.from_array(scales, "S")],
+    )
+    with pytest.raises(Exception, match="need attribute epsilon"):
+        native_session(graph).run(None, {"A": np.ones((1, 64), np.float32)})

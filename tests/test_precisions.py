@@ -188,7 +188,8 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
 ):
     """Where ortgen's kernels run, a quantized export writes the in-place graph's native variant
     (every MatMulNBits → ortgen.Q8MatMul of the same bits, every GroupQueryAttention →
-    ortgen.CachedAttentionQ8 over an int8 cache, every SkipLayerNormalization → ortgen.SkipNorm),
+    ortgen.CachedAttentionQ8 over an int8 cache, every SkipLayerNormalization → ortgen.SkipNorm or,
+    before a projection, into its Q8MatMul),
     proves it against transformers with the others, and the runtime picks it."""
     folder = quantized[(arch, precision)]
     manifest = read_manifest(folder)
@@ -216,7 +217,10 @@ def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
     assert not [n.name for n in adds if made_by.get(n.input[0]) == "Q8MatMul"]  # biases folded
     assert ops["FastGelu"] == 0  # folded into the MLP's first Q8MatMul
     norms = Counter(n.op_type for n in inplace.graph.node)["SkipLayerNormalization"]
-    assert ops["SkipNorm"] == norms > 0 and ops["SkipLayerNormalization"] == 0
+    # each layer's two norms before a projection (attention's QKV, the MLP's first) fold into it
+    folded = [n for n in native.graph.node if any(a.name == "epsilon" for a in n.attribute)]
+    assert {n.op_type for n in folded} == {"Q8MatMul"} and len(folded) == 2 * manifest.num_layers
+    assert ops["SkipNorm"] + len(folded) == norms and ops["SkipLayerNormalization"] == 0
     checked = Counter(p["graph"] for p in manifest.parity["prompts"])
     assert checked["native"] == checked["inplace"] > 0
     assert manifest.inplace["native_file"] in manifest.export["files"]
