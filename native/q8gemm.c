@@ -15,6 +15,17 @@
  * alone (a software prefetch 4 KiB ahead made a 1-row step ~5 % slower in interleaved A/B); 4-bit
  * ones, consumed at twice the rate per byte, gain from every line of the column 8 KiB ahead. */
 #define Q4_PREFETCH 8192
+/* Up to this many rows (a decode step's batch), column by column, three rows a pass while the
+ * column sits in L1; more: 16-column groups turned in registers. The groups' 16 interleaved
+ * column streams read memory at under half the bandwidth, so a few rows cost twice one row's
+ * time there. C harness, 131 MB of 8-bit weights (K 768), 2 threads, huge pages, ms, groups →
+ * columns: M 4 8.0 → 4.6, M 6 8.5 → 6.1, M 8 8.9 → 7.9, M 9 9.0 → 8.9, M 16 10.8 → 16.2; 4-bit
+ * M 4 7.4 → 5.1, M 8 10.0 → 9.4. In gpt2 int8 decode steps (3 interleaved rounds, ms) the
+ * crossing comes sooner: 4 rows 8.4-8.8 → 5.7-5.9, 6 rows 8.8-9.8 → 8.2-9.2, but 8 rows 9.6-10.3
+ * → 10.5-11.5 (the layers' smaller matrices), so 6. Both paths give an output the same bits. */
+#ifndef COLUMN_ROWS
+#define COLUMN_ROWS 6
+#endif
 #define ROW_BLOCK 64 /* rows whose codes stay in L2 while every column strip passes over them */
 #define Q4_ROW_BLOCK 64 /* the same for 4 bits; each column strip is unpacked and turned once per
                           * row block: 64 rows run ~9 % faster than 32 at M = 48-256 (a C harness,
@@ -249,11 +260,12 @@ INLINE TARGET void column(const int R, q8_rows rows, int64_t m0, int64_t KB, con
 
 TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
-    if (M < 4) { /* few rows: stream each column once, no transpose */
+    if (M <= COLUMN_ROWS) { /* few rows: stream each column once, no transpose */
         for (int64_t n = n0; n < n1; n++) {
-            if (M == 1) column(1, rows, 0, KB, W, Ws, bias, N, n, Y);
-            else if (M == 2) column(2, rows, 0, KB, W, Ws, bias, N, n, Y);
-            else column(3, rows, 0, KB, W, Ws, bias, N, n, Y);
+            int64_t m = 0; /* the column stays in L1 while its rows go by in threes */
+            for (; m + 3 <= M; m += 3) column(3, rows, m, KB, W, Ws, bias, N, n, Y);
+            if (M - m == 2) column(2, rows, m, KB, W, Ws, bias, N, n, Y);
+            if (M - m == 1) column(1, rows, m, KB, W, Ws, bias, N, n, Y);
         }
         return;
     }
@@ -501,14 +513,15 @@ INLINE TARGET void column4(const int R, q8_rows rows, int64_t m0, int64_t KB, co
 
 TARGET void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
-    if (M < 4) {
+    if (M <= COLUMN_ROWS) {
         for (int64_t n = n0; n < n1; n++) {
             const uint8_t *ahead = W + n * KB * (Q4_BLOCK / 2) + Q4_PREFETCH;
             for (int64_t line = 0; line < KB * (Q4_BLOCK / 2); line += 64)
                 _mm_prefetch((const char *)(ahead + line), _MM_HINT_T0);
-            if (M == 1) column4(1, rows, 0, KB, W, Ws, bias, N, n, Y);
-            else if (M == 2) column4(2, rows, 0, KB, W, Ws, bias, N, n, Y);
-            else column4(3, rows, 0, KB, W, Ws, bias, N, n, Y);
+            int64_t m = 0;
+            for (; m + 3 <= M; m += 3) column4(3, rows, m, KB, W, Ws, bias, N, n, Y);
+            if (M - m == 2) column4(2, rows, m, KB, W, Ws, bias, N, n, Y);
+            if (M - m == 1) column4(1, rows, m, KB, W, Ws, bias, N, n, Y);
         }
         return;
     }

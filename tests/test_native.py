@@ -98,7 +98,7 @@ def rounding_bound(a: np.ndarray, rows: np.ndarray, block: int) -> np.ndarray:
 # N = 600: 38 column groups, split over the threads
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("k, n", [(64, 37), (100, 20), (200, 100), (320, 50), (768, 600)])
-@pytest.mark.parametrize("m", [1, 2, 3, 9])  # 1–3 rows: one column at a time; 9: 16-column groups
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 9])  # ≤ 6 rows: a column at a time; 9: 16-column groups
 def test_q8matmul_computes_the_packed_weights(k, n, m, bits):
     rng = np.random.default_rng(k)
     data, scales, restored = packed(rng.normal(size=(n, k)).astype(np.float32), bits)
@@ -155,15 +155,18 @@ def test_a_nan_input_gives_nan_outputs_in_its_row_only(m, bits):
 @pytest.mark.parametrize("activation", [0, 1])
 @pytest.mark.parametrize("k, n", [(200, 37), (320, 50), (768, 600), (3072, 40)])
 def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n, activation, bits):
-    """Few rows (one column at a time) and many (16-column groups, 64- or 32-row blocks, split
-    across threads) are different paths: every row still comes out bit for bit as it does alone."""
+    """Few rows (one column at a time, three rows a pass) and many (16-column groups, 64- or
+    32-row blocks, split across threads) are different paths: every row still comes out bit for
+    bit as it does alone."""
     rng = np.random.default_rng(n)
     data, scales, _ = packed(rng.normal(size=(n, k)).astype(np.float32), bits)
     bias = rng.normal(size=n).astype(np.float32)
     session = q8_session(data, scales, bias, k, activation, bits)
     a = (rng.normal(size=(70, k)) * rng.uniform(0.1, 10, size=(70, 1))).astype(np.float32)
-    alone = {i: session.run(None, {"A": a[i : i + 1]})[0][0] for i in (0, 1, 2, 3, 16, 64, 69)}
-    for rows in (2, 3, 4, 5, 17, 65, 70):
+    alone = {
+        i: session.run(None, {"A": a[i : i + 1]})[0][0] for i in (0, 1, 2, 3, 7, 8, 16, 64, 69)
+    }
+    for rows in (2, 3, 4, 5, 6, 7, 8, 12, 17, 65, 70):
         batch = session.run(None, {"A": a[:rows]})[0]
         for i in [i for i in alone if i < rows]:
             assert np.array_equal(batch[i], alone[i]), (rows, i)
