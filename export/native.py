@@ -104,18 +104,17 @@ def _swap_norms(graph: onnx.GraphProto) -> int:
     return swapped
 
 
-def _fold_norms(graph: onnx.GraphProto) -> int:
+def _fold_norms(graph: onnx.GraphProto) -> None:
     """Q8MatMul(SkipNorm(x, skip, gamma, beta[, b])) → Q8MatMul(x, W, scales, bias, skip, gamma,
     beta[, b]; epsilon) at the SkipNorm's place, its outputs (Y, SkipNorm's sum): the kernel
     normalizes each row just before quantizing it, with the same bits, and a decode step runs
     one node fewer per layer norm before a projection (~8 µs each at one row). Where the
-    normalized sum feeds only that Q8MatMul. → how many."""
+    normalized sum feeds only that Q8MatMul."""
     kept = {o.name for o in graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    folded = 0
     for norm in [n for n in graph.node if n.op_type == NORM]:
         users = readers.get(norm.output[0], [])
         if norm.output[0] in kept or len(users) != 1:
@@ -138,8 +137,6 @@ def _fold_norms(graph: onnx.GraphProto) -> int:
         graph.node.insert(list(graph.node).index(norm), fused)
         graph.node.remove(norm)
         graph.node.remove(matmul)
-        folded += 1
-    return folded
 
 
 def _plain_attention(attrs: dict) -> bool:

@@ -234,33 +234,41 @@ static OrtStatus *run_tasks(const OrtApi *api, OrtKernelContext *context,
                                                              data);
 }
 
-/* The SkipNorm inputs of a node with attribute epsilon (skip, gamma, beta, bias: in[4..7]) → a,
- * once they are known to fit A [M, K]; y and sum are set by the caller. */
-static OrtStatus *norm_inputs_of(const Kernel *kernel, const OrtValue *const *in,
-                                 const int64_t *dims, size_t rank, norm_args *a) {
-    const OrtApi *api = kernel->api;
-    if (!kernel->norm)
-        return in[4] || in[5] || in[6] || in[7]
-                   ? fail(api, "Q8MatMul: skip, gamma, beta and norm bias need attribute epsilon")
-                   : NULL;
-    if (!in[4] || !in[5] || !in[6])
-        return fail(api, "Q8MatMul: with attribute epsilon, skip, gamma and beta are required");
+/* What a SkipNorm's input checks say, in the words of the op doing them */
+typedef struct {
+    const char *required, *rank, *shape, *size;
+} NormMessages;
+
+/* x [.., H] (its dims known) and SkipNorm's other inputs in = {skip, gamma, beta, bias or NULL}
+ * → a's inputs, once skip has x's shape and gamma, beta and bias hold H values each; a's y and
+ * sum are the caller's to set. SkipNorm and a Q8MatMul with attribute epsilon both check so. */
+static OrtStatus *checked_norm(const OrtApi *api, const OrtValue *x, const OrtValue *const *in,
+                              const int64_t *dims, size_t rank, float eps,
+                              const NormMessages *say, norm_args *a) {
+    if (!in[0] || !in[1] || !in[2]) return fail(api, say->required);
     int64_t skip_dims[8];
     size_t skip_rank = 0;
-    OrtStatus *status = shape_of(api, in[4], skip_dims, &skip_rank, "Q8MatMul: skip has more than 8 dimensions");
+    OrtStatus *status = shape_of(api, in[0], skip_dims, &skip_rank, say->rank);
     if (status) return status;
-    if (skip_rank != rank || memcmp(dims, skip_dims, sizeof(int64_t) * rank))
-        return fail(api, "Q8MatMul: A and skip differ in shape");
-    void *data[4] = {0};
-    for (int i = 0; i < 4 && !status; i++)
-        if (in[4 + i]) {
-            if (i) status = check_size(api, in[4 + i], kernel->K, "Q8MatMul: gamma, beta and norm bias must each hold K values");
-            if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)((OrtValue *)in[4 + i], &data[i]);
-        }
-    *a = (norm_args){.skip = data[0], .gamma = data[1], .beta = data[2], .bias = data[3],
-                     .H = kernel->K, .eps = kernel->eps};
+    if (rank < 1 || skip_rank != rank || memcmp(dims, skip_dims, sizeof(int64_t) * rank))
+        return fail(api, say->shape);
+    int64_t H = dims[rank - 1];
+    void *data[5] = {0};
+    const OrtValue *values[5] = {x, in[0], in[1], in[2], in[3]};
+    for (int i = 0; !status && i < 5; i++) {
+        if (!values[i]) continue;
+        if (i >= 2) status = check_size(api, values[i], H, say->size);
+        if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)((OrtValue *)values[i], &data[i]);
+    }
+    *a = (norm_args){.x = data[0], .skip = data[1], .gamma = data[2], .beta = data[3],
+                     .bias = data[4], .H = H, .eps = eps};
     return status;
 }
+
+static const NormMessages FOLDED_NORM = {
+    "Q8MatMul: with attribute epsilon, skip, gamma and beta are required",
+    "Q8MatMul: skip has more than 8 dimensions", "Q8MatMul: A and skip differ in shape",
+    "Q8MatMul: gamma, beta and norm bias must each hold K values"};
 
 static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     Kernel *kernel = opaque;
@@ -285,7 +293,10 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
                             eight ? "Q8MatMul: scales are not N x K/64" : "Q8MatMul: scales are not N x K/32");
     if (!status && in[3]) status = check_size(api, in[3], kernel->N, "Q8MatMul: bias is not N long");
     norm_args nargs = {0};
-    if (!status) status = norm_inputs_of(kernel, in, dims, rank, &nargs);
+    if (!status && kernel->norm)
+        status = checked_norm(api, in[0], in + 4, dims, rank, kernel->eps, &FOLDED_NORM, &nargs);
+    else if (!status && (in[4] || in[5] || in[6] || in[7]))
+        status = fail(api, "Q8MatMul: skip, gamma, beta and norm bias need attribute epsilon");
     if (status) return status;
     int64_t M = 1;
     for (size_t d = 0; d + 1 < rank; d++) M *= dims[d];
@@ -306,7 +317,6 @@ static OrtStatus *compute(void *opaque, OrtKernelContext *context) {
     size_t normed = kernel->norm ? (size_t)M * (size_t)kernel->K * sizeof(float) : 0;
     char *space = scratch_for(codes + normed);
     if (!space) return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "Q8MatMul: out of memory");
-    nargs.x = data[0];
     nargs.y = (float *)(space + codes);
     nargs.sum = data[5];
     Work work = {data[0], data[2], data[3], data[1], data[4], M, kernel->K, kernel->KB, kernel->N,
@@ -534,6 +544,11 @@ typedef struct {
     int64_t rows, tasks;
 } NormWork;
 
+static const NormMessages SKIP_NORM = {
+    "SkipNorm: input, skip, gamma and beta are required",
+    "SkipNorm: an input has more than 8 dimensions", "SkipNorm: input and skip differ in shape",
+    "SkipNorm: gamma, beta and bias must each hold the last dimension's size"};
+
 static void norm_task(void *data, size_t task) {
     NormWork *w = data;
     skip_norm(&w->args, w->rows * (int64_t)task / w->tasks, w->rows * ((int64_t)task + 1) / w->tasks);
@@ -543,30 +558,20 @@ static OrtStatus *compute_norm(void *opaque, OrtKernelContext *context) {
     Norm *kernel = opaque;
     const OrtApi *api = kernel->api;
     const OrtValue *in[5] = {0};
-    size_t count = 0, outputs = 0, rank = 0, skip_rank = 0;
+    size_t count = 0, outputs = 0, rank = 0;
     OrtStatus *status = FN(api, KERNEL_CONTEXT_GET_INPUT_COUNT, GetCount)(context, &count);
     for (size_t i = 0; !status && i < count && i < 5; i++)
         status = FN(api, KERNEL_CONTEXT_GET_INPUT, GetInput)(context, i, &in[i]);
     if (!status) status = FN(api, KERNEL_CONTEXT_GET_OUTPUT_COUNT, GetCount)(context, &outputs);
     if (status) return status;
-    if (!in[0] || !in[1] || !in[2] || !in[3])
-        return fail(api, "SkipNorm: input, skip, gamma and beta are required");
-    const char *rank_msg = "SkipNorm: an input has more than 8 dimensions";
-    int64_t dims[8], skip_dims[8];
-    void *data[5] = {0};
-    for (int i = 0; !status && i < 5; i++)
-        if (in[i]) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)((OrtValue *)in[i], &data[i]);
-    if (!status) status = shape_of(api, in[0], dims, &rank, rank_msg);
-    if (!status) status = shape_of(api, in[1], skip_dims, &skip_rank, rank_msg);
+    if (!in[0]) return fail(api, SKIP_NORM.required);
+    int64_t dims[8];
+    norm_args args;
+    status = shape_of(api, in[0], dims, &rank, SKIP_NORM.rank);
+    if (!status) status = checked_norm(api, in[0], in + 1, dims, rank, kernel->eps, &SKIP_NORM, &args);
     if (status) return status;
-    if (rank < 1 || skip_rank != rank || memcmp(dims, skip_dims, sizeof(int64_t) * rank))
-        return fail(api, "SkipNorm: input and skip differ in shape");
-    int64_t H = dims[rank - 1], rows = 1;
+    int64_t H = args.H, rows = 1;
     for (size_t d = 0; d + 1 < rank; d++) rows *= dims[d];
-    const char *size_msg = "SkipNorm: gamma, beta and bias must each hold the last dimension's size";
-    for (int i = 2; !status && i < 5; i++)
-        if (in[i]) status = check_size(api, in[i], H, size_msg);
-    if (status) return status;
     OrtValue *out[2] = {0};
     void *out_data[2] = {0};
     for (size_t i = 0; !status && i < 2 && i < outputs; i++) {
@@ -574,9 +579,9 @@ static OrtStatus *compute_norm(void *opaque, OrtKernelContext *context) {
         if (!status) status = FN(api, GET_TENSOR_MUTABLE_DATA, GetData)(out[i], &out_data[i]);
     }
     if (status || rows == 0 || H == 0) return status;
-    NormWork work = {{data[0], data[1], data[2], data[3], data[4], out_data[0], out_data[1], H,
-                      kernel->eps},
-                     rows, rows * H < (1 << 15) ? 1 : 8}; /* a decode step's rows: no threads */
+    args.y = out_data[0];
+    args.sum = out_data[1];
+    NormWork work = {args, rows, rows * H < (1 << 15) ? 1 : 8}; /* a decode step's rows: no threads */
     return run_tasks(api, context, norm_task, work.tasks, work.tasks, &work);
 }
 

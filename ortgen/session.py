@@ -96,11 +96,11 @@ def session_options(threads: int | None, spin: bool | int = True) -> ort.Session
     options = ort.SessionOptions()
     if not isinstance(spin, bool) and (not isinstance(spin, int) or spin < 0):
         raise InvalidOptionError(f"spin must be True, False or a number of µs ≥ 0, got {spin!r}")
-    if spin is not True and spin and _release(ort.__version__) >= BOUNDED_SPIN:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    bounded = spin is not True and spin and _release(ort.__version__) >= BOUNDED_SPIN
+    if spin is not True:  # ONNX Runtime's default spins without bound
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if bounded else "0")
+    if bounded:
         options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin))
-    elif spin is not True:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
     if threads is not None:

@@ -13,6 +13,7 @@ initializers stored as external data, which is every large one."""
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ def _text(buf: bytes, span: tuple[int, int]) -> str:
 def _tensor(buf: bytes, span: tuple[int, int]) -> External | None:
     """The initializer at `span` if it is stored as external data of a known type."""
     dims: list[int] = []
-    name, dtype, location, entries = "", None, 0, {}
+    name, dtype, stored, entries = "", None, 0, {}
     for number, value in _fields(buf, *span):
         if number == DIMS and isinstance(value, tuple):  # packed
             at = value[0]
@@ -101,11 +102,11 @@ def _tensor(buf: bytes, span: tuple[int, int]) -> External | None:
         elif number == NAME:
             name = _text(buf, value)
         elif number == DATA_LOCATION:
-            location = value
+            stored = value
         elif number == EXTERNAL_DATA:
             entry = dict(_fields(buf, *value))
             entries[_text(buf, entry[1])] = _text(buf, entry[2])
-    if location != EXTERNAL or dtype is None or "location" not in entries:
+    if stored != EXTERNAL or dtype is None or "location" not in entries:
         return None
     length = int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
     if int(entries.get("length", length)) != length:
@@ -141,10 +142,11 @@ def _block(size: int) -> memoryview:
     return memoryview(area)[start : start + size]
 
 
-def _read(path: Path, tensors: list[External], block: memoryview, places: list[int]) -> None:
+def _read(path: Path, placed: list[tuple[External, int]], block: memoryview) -> None:
+    """Each (tensor, place) of `placed`, all in `path`, from the file into block[place:]."""
     try:
         with path.open("rb") as stream:
-            for tensor, at in zip(tensors, places, strict=True):
+            for tensor, at in placed:
                 stream.seek(tensor.offset)
                 if stream.readinto(block[at : at + tensor.length]) != tensor.length:
                     raise ModelFolderError(
@@ -161,20 +163,18 @@ def load_initializers(graph: Path, ort) -> list[tuple[str, Any]] | None:
     if not hasattr(mmap, "MAP_ANONYMOUS"):
         return None
     tensors = sorted(external_initializers(graph), key=lambda t: (t.location, t.offset))
-    places, size = [], 0
+    placed, size = [], 0  # (tensor, its place in the block), file by file, in file order
     for tensor in tensors:
-        places.append(size)
+        placed.append((tensor, size))
         size += -(-tensor.length // ALIGN) * ALIGN
     block = _block(max(size, 1))
-    folder = graph.parent
-    for location in sorted({t.location for t in tensors}):
-        chosen = [i for i, t in enumerate(tensors) if t.location == location]
+    for location, group in itertools.groupby(placed, key=lambda tp: tp[0].location):
         if Path(location).is_absolute() or ".." in Path(location).parts:  # as ORT refuses
             raise ModelFolderError(f"{graph} reads weights outside its folder: re-export it")
-        _read(folder / location, [tensors[i] for i in chosen], block, [places[i] for i in chosen])
+        _read(graph.parent / location, list(group), block)
     data = np.frombuffer(block, np.uint8)
     values = []
-    for tensor, at in zip(tensors, places, strict=True):
+    for tensor, at in placed:
         array = data[at : at + tensor.length].view(tensor.dtype).reshape(tensor.dims)
         values.append((tensor.name, ort.OrtValue.ortvalue_from_numpy(array)))
     return values
