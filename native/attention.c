@@ -106,14 +106,18 @@ INLINE TARGET __m128 four_scales(const char *key, int64_t P, int64_t D) {
 }
 
 /* A query's scores, continued from key j (a multiple of 4) to n: keys go in fours from lo, the
- * rest one by one. → where the fours ended. */
+ * rest one by one. → where the fours ended. `next` (≠ 0): bytes from these keys to the next
+ * (row, head)'s, fetched into L2 as these are read (values_from does the same with values). */
 INLINE TARGET void scores_from(const int C, const int Q8, const attn_args *a, const __m512 *qv,
                                const char *keys, int64_t lo, int64_t j, int64_t n,
-                               __mmask16 tail, float *scores) {
+                               __mmask16 tail, float *scores, int64_t next) {
     const int64_t P = a->pos_stride * kv_bytes(Q8); /* bytes */
     const __m128 scale4 = _mm_set1_ps(a->scale);
     for (; j + 4 <= n; j += 4) {
         const char *key = keys + (lo + j) * P;
+        if (next)
+            for (int64_t line = 0; line < 4 * P; line += 64)
+                _mm_prefetch(key + next + line, _MM_HINT_T1);
         __m128 four = sum4(dot(C, Q8, qv, key, tail), dot(C, Q8, qv, key + P, tail),
                            dot(C, Q8, qv, key + 2 * P, tail), dot(C, Q8, qv, key + 3 * P, tail));
         if (Q8) four = _mm_mul_ps(four, four_scales(key, P, a->D));
@@ -148,10 +152,13 @@ INLINE TARGET __m512 softmax(float *scores, int64_t n) {
 INLINE TARGET void values_from(const int C, const int Q8, const attn_args *a,
                                const char *values, int64_t lo, int64_t j, int64_t n,
                                __mmask16 tail, const float *scores, __m512 *even, __m512 *odd,
-                               __m512 inverse, float *out) {
+                               __m512 inverse, float *out, int64_t next) {
     const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
     for (; j + 2 <= n; j += 2) {
         const char *value = values + (lo + j) * P;
+        if (next)
+            for (int64_t line = 0; line < 2 * P; line += 64)
+                _mm_prefetch(value + next + line, _MM_HINT_T1);
         __m512 w0 = _mm512_set1_ps(Q8 ? scores[j] * record_scale(value, a->D) : scores[j]);
         __m512 w1 = _mm512_set1_ps(Q8 ? scores[j + 1] * record_scale(value + P, a->D)
                                       : scores[j + 1]);
@@ -182,15 +189,15 @@ INLINE TARGET void load_query(const int C, const float *q, __mmask16 tail, __m51
  * softmax, values_from): the same whichever run or batch computes it. */
 INLINE TARGET void one_query(const int C, const int Q8, const attn_args *a, const float *q,
                              const char *keys, const char *values, int64_t lo, int64_t hi,
-                             float *scores, float *out) {
+                             float *scores, float *out, int64_t next) {
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 qv[ATTN_MAX_HEAD / 16], even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16];
     load_query(C, q, tail, qv);
     const int64_t n = hi - lo + 1;
-    scores_from(C, Q8, a, qv, keys, lo, 0, n, tail, scores);
+    scores_from(C, Q8, a, qv, keys, lo, 0, n, tail, scores, next);
     __m512 inverse = softmax(scores, n);
     for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
-    values_from(C, Q8, a, values, lo, 0, n, tail, scores, even, odd, inverse, out);
+    values_from(C, Q8, a, values, lo, 0, n, tail, scores, even, odd, inverse, out, next);
 }
 
 /* Two queries from [lo, hi] and [lo, hi + 1] (consecutive new tokens, no window between them):
@@ -231,8 +238,8 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
         _mm_storeu_ps(scores0 + j, _mm_mul_ps(fa, scale4));
         _mm_storeu_ps(scores1 + j, _mm_mul_ps(fb, scale4));
     }
-    scores_from(C, Q8, a, qa, keys, lo, j, n, tail, scores0);
-    scores_from(C, Q8, a, qb, keys, lo, j, n + 1, tail, scores1);
+    scores_from(C, Q8, a, qa, keys, lo, j, n, tail, scores0, 0);
+    scores_from(C, Q8, a, qb, keys, lo, j, n + 1, tail, scores1, 0);
     __m512 inverse0 = softmax(scores0, n), inverse1 = softmax(scores1, n + 1);
     __m512 ea[ATTN_MAX_HEAD / 16], oa[ATTN_MAX_HEAD / 16];
     __m512 eb[ATTN_MAX_HEAD / 16], ob[ATTN_MAX_HEAD / 16];
@@ -254,8 +261,8 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
             ob[c] = _mm512_fmadd_ps(wb1, v1, ob[c]);
         }
     }
-    values_from(C, Q8, a, values, lo, j, n, tail, scores0, ea, oa, inverse0, out0);
-    values_from(C, Q8, a, values, lo, j, n + 1, tail, scores1, eb, ob, inverse1, out1);
+    values_from(C, Q8, a, values, lo, j, n, tail, scores0, ea, oa, inverse0, out0, 0);
+    values_from(C, Q8, a, values, lo, j, n + 1, tail, scores1, eb, ob, inverse1, out1, 0);
 }
 
 /* Head sizes whose four queries (4 × chunks vectors) fit the 32 registers beside the sums: D ≤ 64
@@ -341,7 +348,7 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
     int64_t j = four_scores(C, Q8, a, qv, keys, lo, n, tail, scores);
     __m512 inverse[4];
     for (int i = 0; i < 4; i++) {
-        scores_from(C, Q8, a, qv + i * C, keys, lo, j, n + i, tail, scores[i]);
+        scores_from(C, Q8, a, qv + i * C, keys, lo, j, n + i, tail, scores[i], 0);
         inverse[i] = softmax(scores[i], n + i);
     }
     __m512 even[4 * (ATTN_MAX_HEAD / 16)], odd[4 * (ATTN_MAX_HEAD / 16)];
@@ -355,7 +362,7 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
         j = four_values(C, Q8, c0, c0 + 2 < C ? c0 + 2 : C, a, values, lo, n, tail, scores, even, odd);
     for (int i = 0; i < 4; i++)
         values_from(C, Q8, a, values, lo, j, n + i, tail, scores[i], even + i * C, odd + i * C,
-                    inverse[i], out[i]);
+                    inverse[i], out[i], 0);
 }
 
 /* one_query, two_queries and four_queries with the chunk count (and the cache's kind) compile-time
@@ -364,8 +371,8 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
 #define QUERY_C(C, Q8, kind)                                                                    \
     static TARGET __attribute__((noinline)) void query_##kind##C(                              \
         const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
-        int64_t hi, float *scores, float *out) {                                               \
-        one_query(C, Q8, a, q, keys, values, lo, hi, scores, out);                             \
+        int64_t hi, float *scores, float *out, int64_t next) {                                 \
+        one_query(C, Q8, a, q, keys, values, lo, hi, scores, out, next);                       \
     }                                                                                          \
     static TARGET __attribute__((noinline)) void pair_##kind##C(                               \
         const attn_args *a, const float *q0, const float *q1, const char *keys,                \
@@ -393,7 +400,7 @@ QUERY_KIND(0, half) QUERY_KIND(1, q8)
 #undef QUERY_C
 
 typedef void (*query_fn)(const attn_args *, const float *, const char *, const char *, int64_t,
-                         int64_t, float *, float *);
+                         int64_t, float *, float *, int64_t);
 typedef void (*pair_fn)(const attn_args *, const float *, const float *, const char *,
                         const char *, int64_t, int64_t, float *, float *, float *, float *);
 typedef void (*four_fn)(const attn_args *, const float *const *, const char *, const char *,
@@ -420,6 +427,10 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
     const int64_t D = a->D, bytes = kv_bytes(a->q8);
     const int64_t slab = (b * a->row_stride + h * a->head_stride) * bytes; /* (b, h)'s start */
     const char *keys = (const char *)a->kc + slab, *values = (const char *)a->vc + slab;
+    /* bytes from this (row, head)'s slab to the next pair's, which the next task likely reads:
+     * a lone query (a decode step) fetches it into L2 at the pace it reads its own */
+    int64_t nb = h + 1 < a->H ? b : b + 1, nh = h + 1 < a->H ? h + 1 : 0;
+    int64_t next = nb < a->B ? (nb * a->row_stride + nh * a->head_stride) * bytes - slab : 0;
     int64_t most = a->last[b] - a->T + 1 + t1; /* positions a query may see */
     int64_t stride = (most + 15) & ~(int64_t)15; /* floats: each query's scores */
     float *scores = scratch_for(4 * (size_t)stride * sizeof(float) + 64);
@@ -446,7 +457,7 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
             pairs[kind][fn](a, q, q + a->q_stride, keys, values, lo, position, rows[0], rows[1],
                            out, out + a->H * D);
         } else {
-            queries[kind][fn](a, q, keys, values, lo, position, rows[0], out);
+            queries[kind][fn](a, q, keys, values, lo, position, rows[0], out, next);
         }
         t += together;
     }

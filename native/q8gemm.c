@@ -16,15 +16,20 @@
  * ones, consumed at twice the rate per byte, gain from every line of the column 8 KiB ahead. */
 #define Q4_PREFETCH 8192
 /* Up to this many rows (a decode step's batch), column by column, three rows a pass while the
- * column sits in L1; more: 16-column groups turned in registers. The groups' 16 interleaved
- * column streams read memory at under half the bandwidth, so a few rows cost twice one row's
- * time there. C harness, 131 MB of 8-bit weights (K 768), 2 threads, huge pages, ms, groups →
- * columns: M 4 8.0 → 4.6, M 6 8.5 → 6.1, M 8 8.9 → 7.9, M 9 9.0 → 8.9, M 16 10.8 → 16.2; 4-bit
- * M 4 7.4 → 5.1, M 8 10.0 → 9.4. In gpt2 int8 decode steps (3 interleaved rounds, ms) the
- * crossing comes sooner: 4 rows 8.4-8.8 → 5.7-5.9, 6 rows 8.8-9.8 → 8.2-9.2, but 8 rows 9.6-10.3
- * → 10.5-11.5 (the layers' smaller matrices), so 6. Both paths give an output the same bits. */
+ * column sits in L1; more: 16-column groups turned in registers, each group fetching the next
+ * one's block into L2 as it goes. Fetched into L1 (before 2026-12-05) the groups' 16 interleaved
+ * column streams read memory at half the bandwidth; into L2, a C harness (131 MB of 8-bit
+ * weights, K 768, 2 threads, huge pages, ms) ran M 8 7.8 → 5.8, M 12 8.9 → 7.6, M 16 10.5 →
+ * 9.2, M 64 28.3 → 27.8, and groups against columns M 4 4.5 / 4.3, M 5 4.8-5.0 / 5.2, M 6 5.1 /
+ * 6.0-6.9, M 7 5.6 / 7.7-7.9. gpt2 int8 decode steps of 5-8 rows (3 interleaved rounds, ms):
+ * 5 rows 7.3-8.1 → 6.4-7.6, 6 rows 9.4-9.8 → 7.0-8.6, 8 rows 9.6-11.3 → 8.0-10.0. So 4 rows for
+ * 8 bits; 4-bit groups unpack as well as turn and stay slower up to 6 (M 6 9.4 / 7.0). Both
+ * paths give an output the same bits. */
 #ifndef COLUMN_ROWS
-#define COLUMN_ROWS 6
+#define COLUMN_ROWS 4
+#endif
+#ifndef Q4_COLUMN_ROWS
+#define Q4_COLUMN_ROWS 6
 #endif
 #define ROW_BLOCK 64 /* rows whose codes stay in L2 while every column strip passes over them */
 #define Q4_ROW_BLOCK 64 /* the same for 4 bits; each column strip is unpacked and turned once per
@@ -148,7 +153,7 @@ INLINE TARGET void transpose(const __m512i *r, __m512i *out) {
 INLINE TARGET void turn(const uint8_t *const *col, int64_t b, int64_t ahead, __m512i *out) {
     __m512i r[16];
     for (int i = 0; i < 16; i++) {
-        _mm_prefetch((const char *)(col[i] + b * Q8_BLOCK + ahead), _MM_HINT_T0);
+        _mm_prefetch((const char *)(col[i] + b * Q8_BLOCK + ahead), _MM_HINT_T1);
         r[i] = _mm512_loadu_si512(col[i] + b * Q8_BLOCK);
     }
     transpose(r, out);
@@ -349,7 +354,7 @@ INLINE TARGET void turn4(const uint8_t *const *col, int64_t b, int two, int64_t 
     __m512i r[16];
     for (int i = 0; i < 16; i++) {
         const uint8_t *at = col[i] + b * (Q4_BLOCK / 2);
-        _mm_prefetch((const char *)(at + ahead), _MM_HINT_T0);
+        _mm_prefetch((const char *)(at + ahead), _MM_HINT_T1);
         __m256i p = two ? _mm256_loadu_si256((const __m256i *)at)
                         : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)at));
         __m256i lo = _mm256_and_si256(p, nibble);
@@ -513,7 +518,7 @@ INLINE TARGET void column4(const int R, q8_rows rows, int64_t m0, int64_t KB, co
 
 TARGET void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
-    if (M <= COLUMN_ROWS) {
+    if (M <= Q4_COLUMN_ROWS) {
         for (int64_t n = n0; n < n1; n++) {
             const uint8_t *ahead = W + n * KB * (Q4_BLOCK / 2) + Q4_PREFETCH;
             for (int64_t line = 0; line < KB * (Q4_BLOCK / 2); line += 64)
