@@ -14,21 +14,28 @@
 
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
 
+/* The kinds of cache the query functions read (their compile-time `Q8`): float16 values (0),
+ * int8 records (1: D codes, then their float scale), or a prompt's int8 records converted once to
+ * float records (2: the D codes as floats, then the scale; see attn_queries). Kinds 1 and 2 give
+ * the same floats, so the same results. `Q8` as a truth value: records carry a scale. */
+#define KIND_FLOATS 2
+
 /* 16 cached values from `at` as floats: float16 values, or (Q8) int8 codes, their record's scale
  * not applied (the callers fold it into the score or the weight: one multiply per position) */
 INLINE TARGET __m512 load_kv(const int Q8, const char *at, __mmask16 mask) {
+    if (Q8 == KIND_FLOATS) return _mm512_maskz_loadu_ps(mask, at);
     if (Q8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, at)));
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at));
 }
 
-/* bytes a cached value takes: an int8 code or a float16 */
-INLINE int64_t kv_bytes(const int Q8) { return Q8 ? 1 : 2; }
+/* bytes a cached value takes: an int8 code, a float16, or a converted code */
+INLINE int64_t kv_bytes(const int Q8) { return Q8 == KIND_FLOATS ? 4 : Q8 ? 1 : 2; }
 
-/* an int8 record's scale: the float after its D codes */
-INLINE float record_scale(const char *record, int64_t D) {
+/* a record's scale: the float after its D codes */
+INLINE float record_scale(const int Q8, const char *record, int64_t D) {
     float scale;
     _Static_assert(sizeof scale == ATTN_SCALE_BYTES, "q8 records end in a float");
-    memcpy(&scale, record + D, sizeof scale);
+    memcpy(&scale, record + D * kv_bytes(Q8), sizeof scale);
     return scale;
 }
 
@@ -100,9 +107,9 @@ INLINE TARGET __m512 dot(const int C, const int Q8, const __m512 *q, const char 
 }
 
 /* Q8: four keys' scales (records P bytes apart) */
-INLINE TARGET __m128 four_scales(const char *key, int64_t P, int64_t D) {
-    return _mm_setr_ps(record_scale(key, D), record_scale(key + P, D),
-                       record_scale(key + 2 * P, D), record_scale(key + 3 * P, D));
+INLINE TARGET __m128 four_scales(const int Q8, const char *key, int64_t P, int64_t D) {
+    return _mm_setr_ps(record_scale(Q8, key, D), record_scale(Q8, key + P, D),
+                       record_scale(Q8, key + 2 * P, D), record_scale(Q8, key + 3 * P, D));
 }
 
 /* A query's scores, continued from key j (a multiple of 4) to n: keys go in fours from lo, the
@@ -120,13 +127,13 @@ INLINE TARGET void scores_from(const int C, const int Q8, const attn_args *a, co
                 _mm_prefetch(key + next + line, _MM_HINT_T1);
         __m128 four = sum4(dot(C, Q8, qv, key, tail), dot(C, Q8, qv, key + P, tail),
                            dot(C, Q8, qv, key + 2 * P, tail), dot(C, Q8, qv, key + 3 * P, tail));
-        if (Q8) four = _mm_mul_ps(four, four_scales(key, P, a->D));
+        if (Q8) four = _mm_mul_ps(four, four_scales(Q8, key, P, a->D));
         _mm_storeu_ps(scores + j, _mm_mul_ps(four, scale4));
     }
     for (; j < n; j++) {
         const char *key = keys + (lo + j) * P;
         float score = _mm512_reduce_add_ps(dot(C, Q8, qv, key, tail));
-        scores[j] = (Q8 ? score * record_scale(key, a->D) : score) * a->scale;
+        scores[j] = (Q8 ? score * record_scale(Q8, key, a->D) : score) * a->scale;
     }
 }
 
@@ -159,8 +166,8 @@ INLINE TARGET void values_from(const int C, const int Q8, const attn_args *a,
         if (next)
             for (int64_t line = 0; line < 2 * P; line += 64)
                 _mm_prefetch(value + next + line, _MM_HINT_T1);
-        __m512 w0 = _mm512_set1_ps(Q8 ? scores[j] * record_scale(value, a->D) : scores[j]);
-        __m512 w1 = _mm512_set1_ps(Q8 ? scores[j + 1] * record_scale(value + P, a->D)
+        __m512 w0 = _mm512_set1_ps(Q8 ? scores[j] * record_scale(Q8, value, a->D) : scores[j]);
+        __m512 w1 = _mm512_set1_ps(Q8 ? scores[j + 1] * record_scale(Q8, value + P, a->D)
                                       : scores[j + 1]);
         for (int c = 0; c < C; c++) {
             __mmask16 m = c == C - 1 ? tail : 0xFFFF;
@@ -170,7 +177,7 @@ INLINE TARGET void values_from(const int C, const int Q8, const attn_args *a,
     }
     if (j < n) {
         const char *value = values + (lo + j) * P;
-        __m512 w = _mm512_set1_ps(Q8 ? scores[j] * record_scale(value, a->D) : scores[j]);
+        __m512 w = _mm512_set1_ps(Q8 ? scores[j] * record_scale(Q8, value, a->D) : scores[j]);
         for (int c = 0; c < C; c++)
             even[c] = _mm512_fmadd_ps(
                 w, load_kv(Q8, value + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF), even[c]);
@@ -231,7 +238,7 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
         }
         __m128 fa = sum4(da[0], da[1], da[2], da[3]), fb = sum4(db[0], db[1], db[2], db[3]);
         if (Q8) {
-            __m128 scales = four_scales(key, P, a->D);
+            __m128 scales = four_scales(Q8, key, P, a->D);
             fa = _mm_mul_ps(fa, scales);
             fb = _mm_mul_ps(fb, scales);
         }
@@ -246,7 +253,7 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
     for (int c = 0; c < C; c++) ea[c] = oa[c] = eb[c] = ob[c] = _mm512_setzero_ps();
     for (j = 0; j + 2 <= n; j += 2) { /* pairs both queries take */
         const char *value = values + (lo + j) * P;
-        float s0 = Q8 ? record_scale(value, a->D) : 1.0f, s1 = Q8 ? record_scale(value + P, a->D) : 1.0f;
+        float s0 = Q8 ? record_scale(Q8, value, a->D) : 1.0f, s1 = Q8 ? record_scale(Q8, value + P, a->D) : 1.0f;
         __m512 wa0 = _mm512_set1_ps(Q8 ? scores0[j] * s0 : scores0[j]);
         __m512 wa1 = _mm512_set1_ps(Q8 ? scores0[j + 1] * s1 : scores0[j + 1]);
         __m512 wb0 = _mm512_set1_ps(Q8 ? scores1[j] * s0 : scores1[j]);
@@ -279,8 +286,10 @@ INLINE TARGET int64_t four_scores(const int C, const int Q8, const attn_args *a,
                                   float *const *scores) {
     const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
     const __m128 scale4 = _mm_set1_ps(a->scale);
+    float *row[4] = {scores[0], scores[1], scores[2], scores[3]}; /* in registers: no reloads */
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
+    for (; j + 4 <= n; j += 4) {
+        __m128 s[4]; /* s[p]: key j + p's four scores (lane i: query i) */
         for (int p = 0; p < 4; p++) {
             const char *key = keys + (lo + j + p) * P;
             __m512 d[4], k = load_kv(Q8, key, C == 1 ? tail : 0xFFFF);
@@ -290,11 +299,12 @@ INLINE TARGET int64_t four_scores(const int C, const int Q8, const attn_args *a,
                 for (int i = 0; i < 4; i++) d[i] = _mm512_fmadd_ps(qv[i * C + c], k, d[i]);
             }
             __m128 totals = sum4(d[0], d[1], d[2], d[3]);
-            if (Q8) totals = _mm_mul_ps(totals, _mm_set1_ps(record_scale(key, a->D)));
-            float s[4];
-            _mm_storeu_ps(s, _mm_mul_ps(totals, scale4));
-            for (int i = 0; i < 4; i++) scores[i][j + p] = s[i];
+            if (Q8) totals = _mm_mul_ps(totals, _mm_set1_ps(record_scale(Q8, key, a->D)));
+            s[p] = _mm_mul_ps(totals, scale4);
         }
+        _MM_TRANSPOSE4_PS(s[0], s[1], s[2], s[3]); /* s[i]: query i's four scores */
+        for (int i = 0; i < 4; i++) _mm_storeu_ps(row[i] + j, s[i]);
+    }
     return j;
 }
 
@@ -355,7 +365,7 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
     const int64_t pairs = n & ~(int64_t)1; /* positions four_values takes */
     if (Q8) /* its weights times the values' scales, once for every pass */
         for (j = 0; j < pairs; j++) {
-            float s = record_scale(values + (lo + j) * a->pos_stride, a->D);
+            float s = record_scale(Q8, values + (lo + j) * a->pos_stride * kv_bytes(Q8), a->D);
             for (int i = 0; i < 4; i++) scores[i][j] *= s;
         }
     for (int c0 = 0; c0 < C; c0 += 2)
@@ -394,7 +404,7 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
     QUERY_C(13, Q8, kind) QUERY_C(14, Q8, kind) QUERY_C(15, Q8, kind) QUERY_C(16, Q8, kind)   \
     FOUR_C(1, Q8, kind) FOUR_C(2, Q8, kind) FOUR_C(3, Q8, kind) FOUR_C(4, Q8, kind)
 _Static_assert(FOUR_CHUNKS == 4, "FOUR_C is generated for chunk counts 1 to 4");
-QUERY_KIND(0, half) QUERY_KIND(1, q8)
+QUERY_KIND(0, half) QUERY_KIND(1, q8) QUERY_KIND(KIND_FLOATS, floats)
 #undef QUERY_KIND
 #undef FOUR_C
 #undef QUERY_C
@@ -409,10 +419,11 @@ typedef void (*four_fn)(const attn_args *, const float *const *, const char *, c
     {f##_##kind##1,  f##_##kind##2,  f##_##kind##3,  f##_##kind##4,  f##_##kind##5,  f##_##kind##6,  \
      f##_##kind##7,  f##_##kind##8,  f##_##kind##9,  f##_##kind##10, f##_##kind##11, f##_##kind##12, \
      f##_##kind##13, f##_##kind##14, f##_##kind##15, f##_##kind##16}
-static const query_fn queries[2][16] = {SIXTEEN(query, half), SIXTEEN(query, q8)};
-static const pair_fn pairs[2][16] = {SIXTEEN(pair, half), SIXTEEN(pair, q8)};
+static const query_fn queries[3][16] = {SIXTEEN(query, half), SIXTEEN(query, q8),
+                                        SIXTEEN(query, floats)};
+static const pair_fn pairs[3][16] = {SIXTEEN(pair, half), SIXTEEN(pair, q8), SIXTEEN(pair, floats)};
 #define FOUR(kind) {four_##kind##1, four_##kind##2, four_##kind##3, four_##kind##4}
-static const four_fn fours[2][FOUR_CHUNKS] = {FOUR(half), FOUR(q8)};
+static const four_fn fours[3][FOUR_CHUNKS] = {FOUR(half), FOUR(q8), FOUR(floats)};
 #undef FOUR
 #undef SIXTEEN
 
@@ -421,6 +432,25 @@ static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
     int64_t position = a->last[b] - a->T + 1 + t;
     *lo = a->window > 0 && position - a->window + 1 > 0 ? position - a->window + 1 : 0;
     return position;
+}
+
+/* A call of at least this many queries over an int8 cache (a prompt's) first converts the
+ * records its queries see to float records, once: each query then loads floats instead of
+ * converting every code it reads again (512-token prompt, one layer, C harness via ONNX Runtime:
+ * see the README) */
+#define CONVERT_QUERIES 8
+
+/* int8 records [base, base + count) of a slab (P bytes apart) → float records `stride` floats
+ * apart: D codes as floats (exactly), the scale after them */
+static TARGET void to_floats(const char *slab, int64_t P, int64_t D, int64_t base, int64_t count,
+                             float *out, int64_t stride) {
+    for (int64_t p = 0; p < count; p++) {
+        const char *record = slab + (base + p) * P;
+        float *to = out + p * stride;
+        for (int64_t d = 0; d < D; d += 16)
+            _mm512_storeu_ps(to + d, load_kv(1, record + d, lanes(D - d)));
+        to[D] = record_scale(1, record, D);
+    }
 }
 
 TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
@@ -433,17 +463,38 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
     int64_t next = nb < a->B ? (nb * a->row_stride + nh * a->head_stride) * bytes - slab : 0;
     int64_t most = a->last[b] - a->T + 1 + t1; /* positions a query may see */
     int64_t stride = (most + 15) & ~(int64_t)15; /* floats: each query's scores */
-    float *scores = scratch_for(4 * (size_t)stride * sizeof(float) + 64);
-    if (!scores) return -1;
+    size_t score_bytes = (4 * (size_t)stride * sizeof(float) + 64 + 63) & ~(size_t)63;
+    int64_t base = 0, count = 0, record = (D + 1 + 15) & ~(int64_t)15; /* floats a record */
+    if (a->q8 && t1 - t0 >= CONVERT_QUERIES) { /* the positions [base, most) its queries see */
+        visible(a, b, t0, &base);
+        count = most - base;
+    }
+    char *space = scratch_for(score_bytes + 2 * (size_t)count * (size_t)record * sizeof(float));
+    if (!space) return -1;
+    float *scores = (float *)space;
     float *rows[4] = {scores, scores + stride, scores + 2 * stride, scores + 3 * stride};
-    const int kind = a->q8 != 0, chunks = (int)((D + 15) / 16), fn = chunks - 1; /* tables' */
+    int kind = a->q8 != 0;
+    const int chunks = (int)((D + 15) / 16), fn = chunks - 1; /* tables' */
+    attn_args floats;
+    if (count) { /* queries index the converted records from base: their lo and hi shift */
+        float *fk = (float *)(space + score_bytes), *fv = fk + count * record;
+        to_floats(keys, a->pos_stride, D, base, count, fk, record);
+        to_floats(values, a->pos_stride, D, base, count, fv, record);
+        floats = *a;
+        floats.pos_stride = record;
+        keys = (const char *)fk, values = (const char *)fv;
+        kind = KIND_FLOATS, next = 0;
+        a = &floats;
+    }
     for (int64_t t = t0; t < t1;) {
         int64_t lo, position = visible(a, b, t, &lo), lo_last = -1;
+        lo -= base, position -= base;
         const float *q = a->q + (b * a->T + t) * a->q_stride + h * D;
         float *out = a->out + (b * a->T + t) * a->H * D + h * D;
         int64_t together = 1; /* queries that share lo (it never decreases with t) */
-        if (t + 1 < t1 && (visible(a, b, t + 1, &lo_last), lo_last == lo)) together = 2;
-        if (chunks <= FOUR_CHUNKS && t + 3 < t1 && (visible(a, b, t + 3, &lo_last), lo_last == lo))
+        if (t + 1 < t1 && (visible(a, b, t + 1, &lo_last), lo_last - base == lo)) together = 2;
+        if (chunks <= FOUR_CHUNKS && t + 3 < t1 &&
+            (visible(a, b, t + 3, &lo_last), lo_last - base == lo))
             together = 4;
         if (together == 4) {
             const float *qs[4];

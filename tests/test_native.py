@@ -373,7 +373,7 @@ def test_cached_attention_gives_a_token_the_same_bits_however_it_is_run(window, 
             )[0],
         )
     caches, parts = empty(), []
-    for start, end in [(0, 16), (16, 17), (17, 40), (40, 41)]:
+    for start, end in [(0, 16), (16, 17), (17, 22), (22, 40), (40, 41)]:
         parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
     assert np.array_equal(np.concatenate(parts), whole)
     other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
@@ -501,7 +501,8 @@ def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layou
     """As the float16 cache does: a prompt whole, in parts, or token by token beside another
     row gives every token the same bits, in either layout (the same bits in both), for head
     sizes that take 1 to 8 chunks of 16 (queries go in fours, pairs or alone) and within a
-    local window."""
+    local window. Runs of 8 queries or more read records converted to floats first, shorter
+    ones the int8 records: the same bits."""
     heads, tokens = 3, 41
     rng = np.random.default_rng(6)
     session = attention_session(heads, packed=True, window=window, layout=layout, q8=True)
@@ -511,7 +512,7 @@ def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layou
     empty = q8_caches(rng, 1, heads, 64, size, [0], 1 - layout)
     assert np.array_equal(attend(other_layout, qkv, empty, [tokens - 1])[0], whole)
     caches, parts = q8_caches(rng, 1, heads, 64, size, [0], layout), []
-    for start, end in [(0, 16), (16, 17), (17, 40), (40, 41)]:
+    for start, end in [(0, 16), (16, 17), (17, 22), (22, 40), (40, 41)]:
         parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
     assert np.array_equal(np.concatenate(parts), whole)
     other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
