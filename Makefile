@@ -13,7 +13,7 @@ PEERS  := bench/.venv
 install: $(STAMP)
 
 # torch is pinned to the CPU build on disk; any other torch pulls several GB of CUDA wheels.
-$(STAMP): pyproject.toml $(wildcard native/*.c native/*.h)  # the native kernels compile at install
+$(STAMP): pyproject.toml $(wildcard native/*.c native/*.h native/avx2/*.c)  # the native kernels compile at install
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0

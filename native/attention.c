@@ -1,15 +1,15 @@
 /* Causal attention over an in-place float16 KV cache (see attention.h). Built with
  * -ffp-contract=off: the float sequence below is the one that runs. */
 #include "attention.h"
+#include "isa.h"
 #include "scratch.h"
 #include "simd_math.h"
 
-#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define TARGET ISA_TARGET
 #define INLINE static inline __attribute__((always_inline))
 
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
@@ -516,8 +516,4 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
     return 0;
 }
 
-int attn_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
+int attn_supported(void) { return isa_supported(); }

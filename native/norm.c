@@ -3,7 +3,6 @@
 #include "norm.h"
 #include "simd_math.h"
 
-#include <immintrin.h>
 #include <math.h>
 
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "attention.h"
+#include "isa.h"
 #include "norm.h"
 #include "q8gemm.h"
 #include "scratch.h"
@@ -642,7 +643,7 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
     const OrtApi *api = base->GetApi(API_VERSION);
     if (!api) return NULL; /* an onnxruntime older than 1.17: the graph's load then fails */
     if (!q8_supported() || !attn_supported())
-        return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "ortgen kernels need AVX-512 VNNI");
+        return FN(api, CREATE_STATUS, CreateStatus)(ORT_FAIL, "ortgen kernels need " ISA_NAME);
     OrtStatus *status = NULL;
     pthread_mutex_lock(&domain_lock);
     if (!domain) {

@@ -4,17 +4,29 @@
  *   y = ((slot0 + slot1) + (slot2 + slot3)) + bias,
  * d_b being the block's exact integer dot Σ (w − 128)·a. Built with -ffp-contract=off. */
 #include "q8gemm.h"
+#include "isa.h"
 #include "simd_math.h"
 
-#include <immintrin.h>
 #include <string.h>
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
+#define TARGET ISA_TARGET
 #define INLINE static inline __attribute__((always_inline))
 /* The few-rows paths read columns one after another: the hardware prefetcher follows 8-bit ones
  * alone (a software prefetch 4 KiB ahead made a 1-row step ~5 % slower in interleaved A/B); 4-bit
  * ones, consumed at twice the rate per byte, gain from every line of the column 8 KiB ahead. */
+#ifndef Q4_PREFETCH
 #define Q4_PREFETCH 8192
+#endif
+/* On AVX2 CPUs (AMD Zen 3, 2 threads) the 8-bit columns gain from a prefetch 4 KiB ahead too:
+ * gpt2 int8 decode steps at past 16, 3 interleaved rounds, 4.9-5.6 → 4.0-4.2 ms (1, 2, 3 and 8
+ * KiB no better) */
+#ifndef Q8_PREFETCH
+#ifdef ORTGEN_AVX2
+#define Q8_PREFETCH 4096
+#else
+#define Q8_PREFETCH 0
+#endif
+#endif
 /* Up to this many rows (a decode step's batch), column by column, three rows a pass while the
  * column sits in L1; more: 16-column groups turned in registers, each group fetching the next
  * one's block into L2 as it goes. Fetched into L1 (before 2026-12-05) the groups' 16 interleaved
@@ -116,7 +128,7 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             }
             __m512i c = _mm512_loadu_si512(codes);
             __m512i lane = _mm512_dpbusd_epi32(zero, u128, c); /* 128 × each lane's code sum */
-            rows.offsets[at] = -_mm512_reduce_add_epi32(lane);
+            rows.offsets[at] = Q8_W8_OFFSETS ? -_mm512_reduce_add_epi32(lane) : 0;
             rows.scales[at] = amax / 127.0f;
         }
     }
@@ -180,8 +192,8 @@ INLINE TARGET void rows_block(const int R, q8_rows rows, int64_t m, int64_t KB, 
     }
     for (int j = 0; j < 16; j += 2)
         for (int r = 0; r < R; r++) {
-            d[r][0] = _mm512_dpbusd_epi32(d[r][0], w[j], _mm512_set1_epi32(four_codes(a[r] + 4 * j)));
-            d[r][1] = _mm512_dpbusd_epi32(d[r][1], w[j + 1],
+            d[r][0] = dot_w8(d[r][0], w[j], _mm512_set1_epi32(four_codes(a[r] + 4 * j)));
+            d[r][1] = dot_w8(d[r][1], w[j + 1],
                                           _mm512_set1_epi32(four_codes(a[r] + 4 * j + 4)));
         }
     for (int r = 0; r < R; r++) {
@@ -248,7 +260,7 @@ INLINE TARGET void column(const int R, q8_rows rows, int64_t m0, int64_t KB, con
             for (int i = 0; i < 4; i++) {
                 __m512i a = i < left ? _mm512_loadu_si512(rows.codes + (at + i) * Q8_BLOCK)
                                      : _mm512_setzero_si512();
-                d[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[i], a);
+                d[i] = dot_w8(_mm512_setzero_si512(), w[i], a);
             }
             __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
             __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
@@ -267,6 +279,11 @@ TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
     if (M <= COLUMN_ROWS) { /* few rows: stream each column once, no transpose */
         for (int64_t n = n0; n < n1; n++) {
+            if (Q8_PREFETCH) {
+                const uint8_t *ahead = W + n * KB * Q8_BLOCK + Q8_PREFETCH;
+                for (int64_t line = 0; line < KB * Q8_BLOCK; line += 64)
+                    _mm_prefetch((const char *)(ahead + line), _MM_HINT_T0);
+            }
             int64_t m = 0; /* the column stays in L1 while its rows go by in threes */
             for (; m + 3 <= M; m += 3) column(3, rows, m, KB, W, Ws, bias, N, n, Y);
             if (M - m == 2) column(2, rows, m, KB, W, Ws, bias, N, n, Y);
@@ -378,6 +395,21 @@ INLINE TARGET void rows_pair(const int R, const int TWO, q8_rows rows, int64_t K
         d[r][1] = TWO ? _mm512_set1_epi32(rows.offsets[(m + r) * KBp + q4_slot(b + 1)])
                       : _mm512_setzero_si512();
     }
+#if I16_SUMS
+    /* a block at a time, its int16 sums (isa.h) then one madd: R rows' sums and a weight dword
+     * stay in AVX2's 16 registers */
+    for (int h = 0; h < 1 + TWO; h++) {
+        __m512i s[4];
+        for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {
+            int at = j < 4 ? 4 * j : 64 + 4 * (j - 4);
+            __m512i wj = w[8 * h + j];
+            for (int r = 0; r < R; r++)
+                s[r] = w_add_epi16(s[r], w_maddubs(wj, _mm512_set1_epi32(four_codes(a[r][h] + at))));
+        }
+        for (int r = 0; r < R; r++) d[r][h] = _mm512_add_epi32(d[r][h], w_madd_ones(s[r]));
+    }
+#else
     for (int j = 0; j < 8; j++) /* codes 4j..4j+3 of the block: evens for j < 4, then odds */
         for (int r = 0; r < R; r++) {
             int at = j < 4 ? 4 * j : 64 + 4 * (j - 4);
@@ -386,6 +418,7 @@ INLINE TARGET void rows_pair(const int R, const int TWO, q8_rows rows, int64_t K
                 d[r][1] = _mm512_dpbusd_epi32(d[r][1], w[8 + j],
                                               _mm512_set1_epi32(four_codes(a[r][1] + at)));
         }
+#endif
     for (int r = 0; r < R; r++) { /* b even: b and b + 1 share a slot, one load and store */
         float *y = acc + ((m + r) * 4 + ((b >> 2) & 3)) * 16;
         __m512 sum = _mm512_loadu_ps(y);
@@ -480,8 +513,13 @@ INLINE TARGET void column_blocks(const int R, const int FULL, const int G, q8_ro
                 d[g] = _mm512_setzero_si512();
                 continue;
             }
+#if I16_SUMS
+            d[g] = w_madd_ones(w_add_epi16(w_maddubs(lo[g], _mm512_loadu_si512(codes)),
+                                           w_maddubs(hi[g], _mm512_loadu_si512(codes + 64))));
+#else
             d[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[g], _mm512_loadu_si512(codes));
             d[g] = _mm512_dpbusd_epi32(d[g], hi[g], _mm512_loadu_si512(codes + 64));
+#endif
         }
         /* lane j of d[g]: block 4g + j's 4 partial sums → u: dword 4j + g = block 4g + j */
         __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
@@ -547,9 +585,4 @@ TARGET void q8_gelu(float *Y, int64_t M, int64_t N, int64_t n0, int64_t n1) {
         }
 }
 
-int q8_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni");
-}
+int q8_supported(void) { return isa_supported(); }

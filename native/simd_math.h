@@ -3,9 +3,9 @@
 #ifndef ORTGEN_SIMD_MATH_H
 #define ORTGEN_SIMD_MATH_H
 
-#include <immintrin.h>
+#include "isa.h"
 
-#define SIMD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define SIMD_TARGET ISA_TARGET
 
 /* e^x for x ≤ 0: x = n ln 2 + r, |r| ≤ ln 2 / 2, e^r by its Taylor polynomial of degree 7
  * (relative error < 2e-7), times 2^n; below −104 the result is 0; NaN gives NaN. */

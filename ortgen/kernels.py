@@ -37,52 +37,70 @@ def _off() -> bool:
     return os.environ.get(SWITCH, "1") == "0"
 
 
+# The builds, fastest first: AVX-512 VNNI, then every vector op on pairs of AVX2 vectors
+# (native/isa.h). Each holds the same ops and helpers; the first this CPU runs is used.
+BUILDS = ("ortgen._kernels", "ortgen._kernels_avx2")
+
+
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str, str]:
-    """(the loaded library, its path, "") where it is built and loads; else (None, "", why
-    not). The one place the library is opened."""
-    spec = importlib.util.find_spec("ortgen._kernels")
-    if spec is None or not spec.origin:
-        return (
-            None,
-            "",
-            (
-                "ortgen's native kernels are not built (no C compiler at install): install gcc and "
-                "reinstall ortgen, or pass graph='inplace'"
-            ),
-        )
-    try:
-        return ctypes.CDLL(spec.origin), spec.origin, ""
-    except OSError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return (
-            None,
-            "",
-            (
-                f"ortgen's native kernel library {spec.origin} does not load ({reason}): reinstall "
-                "ortgen, or pass graph='inplace'"
-            ),
-        )
+    """(the loaded library, its path, "") for the first build that loads and this CPU runs; else
+    (the first that loads, for its portable sampling helpers, or None; its path or ""; why not).
+    The one place the library is opened."""
+    fallback: tuple[ctypes.CDLL | None, str, str] | None = None
+    for name in BUILDS:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            continue
+        try:
+            lib = ctypes.CDLL(spec.origin)
+        except OSError as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            fallback = fallback or (
+                None,
+                "",
+                (
+                    f"ortgen's native kernel library {spec.origin} does not load ({reason}): "
+                    "reinstall ortgen, or pass graph='inplace'"
+                ),
+            )
+            continue
+        try:
+            supported = lib.ortgen_kernels_supported()
+        except AttributeError as err:
+            fallback = fallback or (
+                None,
+                "",
+                (
+                    f"ortgen's native kernel library {spec.origin} is incomplete ({err}): "
+                    "reinstall ortgen, or pass graph='inplace'"
+                ),
+            )
+            continue
+        if supported == 1:
+            return lib, spec.origin, ""
+        if fallback is None or fallback[0] is None:
+            fallback = (
+                lib,
+                spec.origin,
+                "this CPU has neither AVX-512 VNNI nor AVX2 with FMA and F16C, which ortgen's "
+                "native kernels need: use graph inplace",
+            )
+    return fallback or (
+        None,
+        "",
+        (
+            "ortgen's native kernels are not built (no C compiler at install): install gcc and "
+            "reinstall ortgen, or pass graph='inplace'"
+        ),
+    )
 
 
 @functools.cache
 def _probe() -> tuple[str | None, str]:
     """(the library's path, "") where it loads and this CPU runs it; else (None, why not)."""
     lib, path, why = _load()
-    if lib is None:
-        return None, why
-    try:
-        supported = lib.ortgen_kernels_supported()
-    except AttributeError as err:
-        return None, (
-            f"ortgen's native kernel library {path} is incomplete ({err}): reinstall ortgen, or "
-            "pass graph='inplace'"
-        )
-    if supported != 1:
-        return None, (
-            "this CPU lacks AVX-512 VNNI, which ortgen's native kernels need: use graph inplace"
-        )
-    return path, ""
+    return (path, "") if lib is not None and not why else (None, why)
 
 
 class Sampling:

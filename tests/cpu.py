@@ -4,15 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NATIVE_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+# Either set runs them: AVX-512 VNNI (the fast build), or AVX2 with FMA and F16C (native/isa.h)
+NATIVE_FLAGS = (
+    {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"},
+    {"avx2", "fma", "f16c"},
+)
 
 
 def runs_native_kernels() -> bool:
-    """Whether ortgen's native kernels (AVX-512 VNNI) can run here: then they must be built."""
+    """Whether ortgen's native kernels (AVX-512 VNNI or AVX2) can run here: then they must be
+    built."""
     info = Path("/proc/cpuinfo")
     if not info.is_file():
         return False
     for line in info.read_text().splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split()) >= NATIVE_FLAGS
+            flags = set(line.split(":", 1)[1].split())
+            return any(flags >= wanted for wanted in NATIVE_FLAGS)
     return False
+
+
+def native_build() -> str | None:
+    """The kernel build this CPU should run (kernels.BUILDS): the AVX-512 VNNI one where the CPU
+    has it, else the AVX2 one; None where neither runs."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return None
+    for line in info.read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            if flags >= NATIVE_FLAGS[0]:
+                return "ortgen._kernels"
+            return "ortgen._kernels_avx2" if flags >= NATIVE_FLAGS[1] else None
+    return None

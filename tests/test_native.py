@@ -9,19 +9,29 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from cpu import runs_native_kernels
+from cpu import native_build, runs_native_kernels
 from onnx import TensorProto, helper, numpy_helper
 
 from ortgen import kernels
 from ortgen_export.quantize import pack_rows
 
 pytestmark = pytest.mark.skipif(
-    not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI (ortgen's native kernels)"
+    not runs_native_kernels(), reason="this CPU runs neither native build"
 )
 
 
 def test_kernels_are_built_where_the_cpu_runs_them():
     assert kernels.library() is not None, kernels.missing()
+
+
+def test_the_fastest_build_the_cpu_runs_is_the_one_loaded():
+    """AVX-512 VNNI where the CPU has it, else the AVX2 build (native/isa.h), both built."""
+    import importlib.util
+
+    for name in kernels.BUILDS:
+        assert importlib.util.find_spec(name) is not None, f"{name} is not built"
+    wanted = importlib.util.find_spec(native_build()).origin
+    assert kernels.library() == wanted
 
 
 BLOCKS = {8: 64, 4: 32}  # MatMulNBits block the kernel takes for each width

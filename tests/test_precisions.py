@@ -181,7 +181,7 @@ def test_in_place_graph_stores_no_weight_twice(arch, precision, quantized, expor
         assert not [n.name for n in attention if made_by.get(n.input[0]) == "Split"]  # packed
 
 
-@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
+@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks both AVX-512 VNNI and AVX2")
 @pytest.mark.parametrize("precision, bits", [("int8", 8), ("int4", 4)])
 def test_quantized_native_graph_is_parity_checked_and_runs_by_default(
     arch, quantized, precision, bits
@@ -316,7 +316,7 @@ def native_runs(folder: Path) -> list[np.ndarray]:
     return logits + [state.step(np.array([11, 12])) for _ in range(3)]
 
 
-@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks AVX-512 VNNI")
+@pytest.mark.skipif(not runs_native_kernels(), reason="this CPU lacks both AVX-512 VNNI and AVX2")
 def test_native_folders_of_earlier_cache_layouts_still_run(arch, quantized, tmp_path):
     """Folders exported with int8 records [B, L, H, D + 4], or with a float16 cache, [B, L, H, D]
     or (before that) [B, H, L, D]: the runtime still runs their native graph, with the same numbers
