@@ -159,7 +159,8 @@ class GrowingCache(DecodeState):
         empty = np.zeros((len(prompts), m.num_heads, 0, m.head_dim), dtype=m.kv_dtype)
         positions = _prefill_positions(mask)
         first = self._first_output(hidden)
-        out, cache = self._run(ids, mask, positions, [empty] * len(self._past), all_logits, first)
+        every = all_logits or hidden  # the hidden states come from after logits_to_keep's slice
+        out, cache = self._run(ids, mask, positions, [empty] * len(self._past), every, first)
         self._join(mask, cache)
         if hidden:  # [N, T, D]; pads hold zeros, as for SlotCache
             return np.where(mask[..., None] == 1, out.astype(np.float32), np.float32(0))
@@ -328,7 +329,7 @@ class SlotCache(DecodeState):
                     )
                 out.append(result)
                 continue
-            result = self._feed(prompt, 0, len(prompt), all_logits, first)[0]
+            result = self._feed(prompt, 0, len(prompt), every, first)[0]
             out.append(result.astype(np.float32, copy=False))
             self._lengths = np.append(self._lengths, np.int32(len(prompt)))
         return _stack_left_padded(out) if every else np.stack(out)

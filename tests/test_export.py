@@ -163,6 +163,26 @@ def test_logits_to_keep_is_optional_and_exact(arch, exported):
     last = session.run(["logits"], {**feeds, "logits_to_keep": np.array([1])})[0]
     assert full.shape == (1, 17, manifest.vocab_size) and last.shape == (1, 1, manifest.vocab_size)
     np.testing.assert_allclose(last[0, 0], full[0, -1], rtol=1e-5, atol=1e-5)
+    # the present keys and values still cover every position
+    names = [o.name for o in session.get_outputs() if o.name.startswith("present.")]
+    presents = session.run(names, {**feeds, "logits_to_keep": np.array([1])})
+    assert len(presents) == 2 * manifest.num_layers and all(p.shape[2] == 17 for p in presents)
+
+
+def test_built_graphs_keep_the_last_positions_from_the_last_attention_on(exported):
+    """The slice comes right after the last layer's attention, on its output and the residual
+    stream: that layer's projection, MLP and the head run on the kept positions only."""
+    import onnx
+
+    model = onnx.load(str(exported["gpt2"] / "model.onnx"), load_external_data=False)
+    nodes = list(model.graph.node)
+    last = max(i for i, n in enumerate(nodes) if n.op_type == "MultiHeadAttention")
+    sliced = [n for n in nodes[last + 1 :] if n.op_type == "Slice"]
+    assert nodes[last].output[0] in [n.input[0] for n in sliced] and len(sliced) >= 2
+    kept = {n.output[0] for n in sliced}
+    after = {name for n in nodes[last + 1 :] if n.op_type != "Slice" for name in n.input}
+    assert nodes[last].output[0] not in after  # every later use reads the kept positions
+    assert kept <= after
 
 
 def test_fp32_parity_check_fails_on_another_model(exported, references):
