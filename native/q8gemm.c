@@ -404,8 +404,10 @@ INLINE TARGET void rows_pair(const int R, const int TWO, q8_rows rows, int64_t K
         for (int j = 0; j < 8; j++) {
             int at = j < 4 ? 4 * j : 64 + 4 * (j - 4);
             __m512i wj = w[8 * h + j];
-            for (int r = 0; r < R; r++)
+            for (int r = 0; r < R; r++) {
                 s[r] = w_add_epi16(s[r], w_maddubs(wj, _mm512_set1_epi32(four_codes(a[r][h] + at))));
+                KEEP(s[r]); /* isa.h */
+            }
         }
         for (int r = 0; r < R; r++) d[r][h] = _mm512_add_epi32(d[r][h], w_madd_ones(s[r]));
     }
