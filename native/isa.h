@@ -307,13 +307,13 @@ W_INLINE __m512i dot_w8(__m512i acc, __m512i w, __m512i a) {
  * alive until then: with 16 registers they go to the stack and back. An empty asm that may change
  * the running sum keeps each add where it is written: the 4-bit many-rows path (K 768, N 3072, 2
  * threads, M 64-512) ~110 → ~153 GMAC/s, a 512-token gpt2 int4 prompt 499-509 → 411-415 ms (AMD
- * Zen 3, 2 interleaved rounds). The 8-bit path's chains gained nothing from it (its multiplies
- * are the bound). */
+ * Zen 3, 2 interleaved rounds). (The 8-bit many-rows path has AVX2 code of its own: rows_wide in
+ * q8gemm.c.) */
 #define KEEP(v) __asm__("" : "+x"((v).lo), "+x"((v).hi))
 /* The 4-bit paths' dots in two steps, as AVX2 has no VNNI: int16 sums of maddubs (pairs of
  * code × code), up to 8 of them for 4-bit weights (8 × 2 × 15 × 127 = 30480: exact), then one
- * madd to int32. The multiplier ports are the bound: this takes 9 multiplies where the dpbusd
- * emulation takes 16. */
+ * madd to int32: 9 multiplies where the dpbusd emulation takes 16, and on an AMD Zen 3 the
+ * multiplies (and vpsignb) share two pipes, two a cycle. */
 #define I16_SUMS 1
 W_INLINE __m512i w_maddubs(__m512i u, __m512i s) {
     __m512i r = {_mm256_maddubs_epi16(u.lo, s.lo), _mm256_maddubs_epi16(u.hi, s.hi)};
