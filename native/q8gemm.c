@@ -160,7 +160,8 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
                 __m256i sum = _mm256_add_epi16(
                     widen(_mm256_loadu_si256((const __m256i *)codes), wide, wide + 32),
                     widen(_mm256_loadu_si256((const __m256i *)(codes + 32)), wide + 16, wide + 48));
-                __m512i lanes = {_mm256_madd_epi16(sum, _mm256_set1_epi16(1)), _mm256_setzero_si256()};
+                __m512i lanes = {_mm256_madd_epi16(sum, _mm256_set1_epi16(1)),
+                                 _mm256_setzero_si256()};
                 rows.offsets[at] = -128 * _mm512_reduce_add_epi32(lanes);
             }
 #endif
@@ -214,6 +215,14 @@ INLINE int32_t four_codes(const int8_t *codes) {
     return v;
 }
 
+/* row's block b, its 16 columns' exact dots: acc (slot b % 4) += float(dot) × a_scale × w_scale */
+INLINE TARGET void add_block(q8_rows rows, int64_t row, int64_t KB, int64_t b, __m512i dot,
+                             __m512 ws, float *acc) {
+    __m512 scale = _mm512_mul_ps(ws, _mm512_set1_ps(rows.scales[row * KB + b]));
+    float *y = acc + (row * 4 + (b & 3)) * 16;
+    _mm512_storeu_ps(y, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, _mm512_loadu_ps(y)));
+}
+
 INLINE TARGET void rows_block(const int R, q8_rows rows, int64_t m, int64_t KB, int64_t b,
                               const __m512i *w, __m512 ws, float *acc) {
     __m512i d[4][2];
@@ -230,13 +239,8 @@ INLINE TARGET void rows_block(const int R, q8_rows rows, int64_t m, int64_t KB, 
             d[r][1] = dot_w8(d[r][1], w[j + 1],
                                           _mm512_set1_epi32(four_codes(a[r] + 4 * j + 4)));
         }
-    for (int r = 0; r < R; r++) {
-        int64_t at = (m + r) * KB + b;
-        __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(d[r][0], d[r][1]));
-        __m512 scale = _mm512_mul_ps(ws, _mm512_set1_ps(rows.scales[at]));
-        float *y = acc + ((m + r) * 4 + (b & 3)) * 16;
-        _mm512_storeu_ps(y, _mm512_fmadd_ps(dot, scale, _mm512_loadu_ps(y)));
-    }
+    for (int r = 0; r < R; r++)
+        add_block(rows, m + r, KB, b, _mm512_add_epi32(d[r][0], d[r][1]), ws, acc);
 }
 
 #ifdef ORTGEN_AVX2
@@ -312,13 +316,8 @@ INLINE TARGET void rows_wide(const int R, q8_rows rows, int64_t m, int64_t KB, i
             __asm__("" : "+x"(d[r][0]), "+x"(d[r][1])); /* KEEP (isa.h) */
         }
     }
-    for (int r = 0; r < R; r++) {
-        int64_t at = (m + r) * KB + b;
-        __m512i sum = {d[r][0], d[r][1]};
-        __m512 scale = _mm512_mul_ps(ws, _mm512_set1_ps(rows.scales[at]));
-        float *y = acc + ((m + r) * 4 + (b & 3)) * 16;
-        _mm512_storeu_ps(y, _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, _mm512_loadu_ps(y)));
-    }
+    for (int r = 0; r < R; r++) /* the two registers: columns 0–7 and 8–15 */
+        add_block(rows, m + r, KB, b, (__m512i){d[r][0], d[r][1]}, ws, acc);
 }
 
 #endif
