@@ -123,13 +123,11 @@ INLINE TARGET float block_amax(const int V, const float *x, int64_t left, __m512
 }
 
 #ifdef ORTGEN_AVX2
-/* 32 int8 codes → int16: the even-indexed ones to `even`, the odd-indexed ones to `odd` → their
- * pairwise sums */
-INLINE TARGET __m256i widen(__m256i c, int16_t *even, int16_t *odd) {
-    __m256i e = _mm256_srai_epi16(_mm256_slli_epi16(c, 8), 8), o = _mm256_srai_epi16(c, 8);
-    _mm256_storeu_si256((__m256i *)even, e);
-    _mm256_storeu_si256((__m256i *)odd, o);
-    return _mm256_add_epi16(e, o);
+/* 32 int8 codes → int16: the even-indexed ones to `even`, the odd-indexed ones to `odd` */
+INLINE TARGET void widen(const int8_t *codes, int16_t *even, int16_t *odd) {
+    __m256i c = _mm256_loadu_si256((const __m256i *)codes);
+    _mm256_storeu_si256((__m256i *)even, _mm256_srai_epi16(_mm256_slli_epi16(c, 8), 8));
+    _mm256_storeu_si256((__m256i *)odd, _mm256_srai_epi16(c, 8));
 }
 #endif
 
@@ -152,17 +150,14 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             }
             __m512i c = _mm512_loadu_si512(codes);
             __m512i lane = _mm512_dpbusd_epi32(zero, u128, c); /* 128 × each lane's code sum */
-            rows.offsets[at] = Q8_W8_OFFSETS ? -_mm512_reduce_add_epi32(lane) : 0;
+            /* wide rows: rows_wide takes the weights as stored, the zero point's share here */
+            rows.offsets[at] = Q8_W8_OFFSETS || rows.wide ? -_mm512_reduce_add_epi32(lane) : 0;
             rows.scales[at] = amax / 127.0f;
 #ifdef ORTGEN_AVX2
-            if (rows.wide) { /* rows_wide's int16 pairs; it takes w as is: −128 Σ a here */
+            if (rows.wide) { /* rows_wide's int16 pairs */
                 int16_t *wide = rows.wide + at * Q8_BLOCK;
-                __m256i sum = _mm256_add_epi16(
-                    widen(_mm256_loadu_si256((const __m256i *)codes), wide, wide + 32),
-                    widen(_mm256_loadu_si256((const __m256i *)(codes + 32)), wide + 16, wide + 48));
-                __m512i lanes = {_mm256_madd_epi16(sum, _mm256_set1_epi16(1)),
-                                 _mm256_setzero_si256()};
-                rows.offsets[at] = -128 * _mm512_reduce_add_epi32(lanes);
+                widen(codes, wide, wide + 32);
+                widen(codes + 32, wide + 16, wide + 48);
             }
 #endif
         }
