@@ -32,8 +32,8 @@ static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u <<
  * not applied (the callers fold it into the score or the weight: one multiply per position) */
 INLINE TARGET __m512 load_kv(const int Q8, const char *at, __mmask16 mask) {
     if (Q8 == KIND_FLOATS) return _mm512_maskz_loadu_ps(mask, at);
-    if (Q8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, at)));
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at));
+    if (Q8) return _mm512_cvtepi32_ps(load_epi8_epi32(mask, at));
+    return load_ph_ps(mask, at);
 }
 
 /* bytes a cached value takes: an int8 code, a float16, or a converted code */
