@@ -36,9 +36,16 @@
  * 6.0-6.9, M 7 5.6 / 7.7-7.9. gpt2 int8 decode steps of 5-8 rows (3 interleaved rounds, ms):
  * 5 rows 7.3-8.1 → 6.4-7.6, 6 rows 9.4-9.8 → 7.0-8.6, 8 rows 9.6-11.3 → 8.0-10.0. So 4 rows for
  * 8 bits; 4-bit groups unpack as well as turn and stay slower up to 6 (M 6 9.4 / 7.0). Both
- * paths give an output the same bits. */
+ * paths give an output the same bits. On AVX2 CPUs (AMD Zen 3), since rows_wide's loop takes
+ * fewer slots (2026-12-05), 8-bit groups win at 4 rows too (one thread, weights cold, ms,
+ * columns / groups): M 4 K 768 N 3072 0.35 / 0.30, K 3072 N 768 0.35 / 0.27, N 50257 5.7 / 5.2;
+ * M 3 0.26 / 0.26, M 2 0.19 / 0.25. So 3 rows there. */
 #ifndef COLUMN_ROWS
+#ifdef ORTGEN_AVX2
+#define COLUMN_ROWS 3
+#else
 #define COLUMN_ROWS 4
+#endif
 #endif
 #ifndef Q4_COLUMN_ROWS
 #define Q4_COLUMN_ROWS 6
@@ -102,6 +109,7 @@ q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
     rows.scales = (float *)at;
     at += round64(blocks * sizeof(float));
     rows.wide = wide_rows(M, block) ? (int16_t *)at : NULL;
+    rows.M = M;
     return rows;
 }
 
@@ -155,7 +163,7 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             rows.scales[at] = amax / 127.0f;
 #ifdef ORTGEN_AVX2
             if (rows.wide) { /* rows_wide's int16 pairs */
-                int16_t *wide = rows.wide + at * Q8_BLOCK;
+                int16_t *wide = rows.wide + (b * rows.M + m) * Q8_BLOCK;
                 widen(codes, wide, wide + 32);
                 widen(codes + 32, wide + 16, wide + 48);
             }
@@ -249,6 +257,11 @@ INLINE TARGET void rows_block(const int R, q8_rows rows, int64_t m, int64_t KB, 
  * offsets; one madd takes 16 products, two rows' chains of sums stay in registers. The same
  * exact integer dots. One thread, C harness, K 768, N 3072, best of 20 (ms): M 16 0.86 → 0.69,
  * M 64 2.95 → 2.46, M 256 12.0 → 10.5, M 512 24.1 → 21.4; K 3072, N 768, M 512 23.9 → 22.7. */
+/* Its int16 codes are block-major ([KB, M, 64]; row-major before 2026-12-05): a group's block b
+ * for its 64 rows is one run of 8 KiB, which the prefetchers stream, where rows K / 64 blocks
+ * apart (6 KiB at K 3072) map to a few L1 sets. Weights cold, one thread, C harness (ms): K 3072,
+ * N 768, M 512 22.8-22.9 → 20.7-20.9, M 64 2.91 → 2.46-2.59; K 768, N 3072, M 64 2.63-2.69 →
+ * 2.43-2.60, M 512 and M 16 unchanged. The same bits. */
 
 /* 8 registers of 8 dwords (register c: column c) → out[j]: dword j of every column */
 INLINE TARGET void transpose8(const __m256i *r, __m256i *out) {
@@ -299,22 +312,25 @@ INLINE TARGET void turn_wide(const uint8_t *const *col, int64_t b, int64_t ahead
 INLINE TARGET void rows_wide(const int R, q8_rows rows, int64_t m, int64_t KB, int64_t b,
                              const __m256i *wide, __m512 ws, float *acc) {
     __m256i d[4][2];
-    const int16_t *a[4];
-    for (int r = 0; r < R; r++) {
-        int64_t at = (m + r) * KB + b;
-        a[r] = rows.wide + at * Q8_BLOCK;
-        d[r][0] = d[r][1] = _mm256_set1_epi32(rows.offsets[at]); /* columns 0–7, 8–15 */
-    }
+    const int16_t *a = rows.wide + (b * rows.M + m) * Q8_BLOCK; /* the R rows' block b, in a run */
+    for (int r = 0; r < R; r++) /* columns 0–7, 8–15 */
+        d[r][0] = d[r][1] = _mm256_set1_epi32(rows.offsets[(m + r) * KB + b]);
+    /* 8 pairs a pass: the loop's counting and the pairs' addresses (one pointer, constant
+     * offsets) take few slots beside the madds and adds, which the issue width bounds. Without
+     * KEEP's empty asm, that pinned each sum to a register of its own (a move an add). One thread,
+     * C harness, weights cold (ms): M 512 K 768 N 3072 20.1-20.5 → 18.1-18.3, K 3072 N 768
+     * 20.7-20.8 → 18.2-18.5; M 64 2.45-2.61 → 2.28-2.34; M 16 0.74-0.76 → 0.69-0.71; M 5 0.37 →
+     * 0.33. Fully unrolled (32 pairs) the sums spill: twice as slow. */
+#pragma GCC unroll 8
     for (int q = 0; q < 32; q++) {
         __m256i w0 = _mm256_load_si256(wide + 2 * q), w1 = _mm256_load_si256(wide + 2 * q + 1);
         __asm__("" : "+x"(w0), "+x"(w1)); /* loaded once for the R rows, not once a madd */
         for (int r = 0; r < R; r++) {
             int32_t pair;
-            memcpy(&pair, a[r] + 2 * q, sizeof pair);
+            memcpy(&pair, a + r * Q8_BLOCK + 2 * q, sizeof pair);
             __m256i x = _mm256_set1_epi32(pair);
             d[r][0] = _mm256_add_epi32(d[r][0], _mm256_madd_epi16(w0, x));
             d[r][1] = _mm256_add_epi32(d[r][1], _mm256_madd_epi16(w1, x));
-            __asm__("" : "+x"(d[r][0]), "+x"(d[r][1])); /* KEEP (isa.h) */
         }
     }
     for (int r = 0; r < R; r++) /* the two registers: columns 0–7 and 8–15 */
@@ -352,7 +368,7 @@ static TARGET void group(q8_rows rows, int64_t m0, int64_t m1, int64_t KB, const
         here.codes += m0 * KB * Q8_BLOCK;
         here.offsets += m0 * KB;
         here.scales += m0 * KB;
-        if (here.wide) here.wide += m0 * KB * Q8_BLOCK;
+        if (here.wide) here.wide += m0 * Q8_BLOCK; /* block-major: rows m0 … of every block */
 #ifdef ORTGEN_AVX2
 #define ROWS(R) rows_wide(R, here, m, KB, b, wide, ws, acc)
 #else

@@ -19,8 +19,9 @@ typedef struct {
                          then its odd-indexed ones: the order of the weights' low, high nibbles) */
     float *scales;    /* [M, KB] */
     int32_t *offsets; /* [M, KB] −zero point × the block's code sum: the zero point's share */
-    int16_t *wide;    /* AVX2, 8 bits, more than a few rows: [M, KB, 64] the codes as int16, per
+    int16_t *wide;    /* AVX2, 8 bits, more than a few rows: [KB, M, 64] the codes as int16, per
                          block its even-indexed ones, then its odd-indexed ones; else NULL */
+    int64_t M;        /* rows: wide holds block b of row m at (b × M + m) × 64 */
 } q8_rows;
 
 /* bytes of scratch q8_rows needs for M rows of KB blocks of `block` codes */

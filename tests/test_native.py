@@ -108,7 +108,8 @@ def rounding_bound(a: np.ndarray, rows: np.ndarray, block: int) -> np.ndarray:
 # N = 600: 38 column groups, split over the threads
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("k, n", [(64, 37), (100, 20), (200, 100), (320, 50), (768, 600)])
-# m: few rows (8 bits ≤ 4, 4 bits ≤ 6) go a column at a time, more in 16-column groups
+# m: few rows (8 bits ≤ 3 with AVX2, ≤ 4 with AVX-512; 4 bits ≤ 6) go a column at a time, more
+# in 16-column groups
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 9])
 def test_q8matmul_computes_the_packed_weights(k, n, m, bits):
     rng = np.random.default_rng(k)
