@@ -635,6 +635,8 @@ static const OrtCustomOp ops[] = {
 };
 
 EXPORT int ortgen_kernels_supported(void) { return q8_supported() && attn_supported(); }
+/* 1 when Q8MatMul's 8-bit many-rows path runs on AMX tiles here (q8gemm.h) */
+EXPORT int ortgen_kernels_amx(void) { return q8_amx(); }
 
 static pthread_mutex_t domain_lock = PTHREAD_MUTEX_INITIALIZER;
 static OrtDomain *domain; /* made once; every session that registers the library shares it */

@@ -1,5 +1,6 @@
 /* int8 block GEMM on AVX-512 VNNI (see q8gemm.h). Every output element is, bit for bit, whichever
- * path computes it (few rows: `column`; more: `group`) and whatever its neighbours:
+ * path computes it (few rows: `column`; more: `group`, or with AMX 8-bit `amx_gemm`) and whatever
+ * its neighbours:
  *   slot[b % 4] = fma(float(d_b), a_scale_b × w_scale_b, slot[b % 4])  for blocks b in order,
  *   y = ((slot0 + slot1) + (slot2 + slot3)) + bias,
  * d_b being the block's exact integer dot Σ (w − 128)·a. Built with -ffp-contract=off. */
@@ -91,11 +92,61 @@ static int wide_rows(int64_t M, int64_t block) {
 #endif
 }
 
+/* AMX (Intel Xeon 4th generation on): the many-rows 8-bit path in tiles, from this many rows */
+#ifndef AMX_ROWS
+#define AMX_ROWS 16
+#endif
+
+#ifndef ORTGEN_AVX2
+#include <cpuid.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* 1 when this CPU has AMX-TILE and AMX-INT8, the OS saves their state and grants this process
+ * the tile data, and ORTGEN_AMX is not 0 (the AVX-512 VNNI paths then; the same bits either way);
+ * asked once */
+static int amx_state = -1;
+static int amx_usable(void) {
+    int state = __atomic_load_n(&amx_state, __ATOMIC_ACQUIRE);
+    if (state >= 0) return state;
+    state = 0;
+    const char *env = getenv("ORTGEN_AMX");
+    unsigned a, b, c, d;
+    if (!(env && env[0] == '0' && !env[1]) && __get_cpuid_max(0, NULL) >= 7) {
+        __cpuid(1, a, b, c, d);
+        int osxsave = c >> 27 & 1;
+        __cpuid_count(7, 0, a, b, c, d);
+        if (osxsave && (d >> 24 & 1) && (d >> 25 & 1)) {
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            /* XCR0 17-18: tile config and data; ARCH_REQ_XCOMP_PERM (0x1023) for XTILEDATA (18) */
+            state = (lo >> 17 & 3) == 3 && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+        }
+    }
+    __atomic_store_n(&amx_state, state, __ATOMIC_RELEASE);
+    return state;
+}
+#endif
+
+/* whether q8_rows carry AMX tiles of their codes */
+static int amx_rows(int64_t M, int64_t block) {
+#ifdef ORTGEN_AVX2
+    (void)M, (void)block;
+    return 0;
+#else
+    return block == Q8_BLOCK && M >= AMX_ROWS && amx_usable();
+#endif
+}
+
+static int64_t round32(int64_t m) { return (m + 31) & ~(int64_t)31; }
+
 size_t q8_rows_bytes(int64_t M, int64_t KB, int64_t block) {
-    size_t blocks = (size_t)M * (size_t)KB;
+    size_t blocks = (size_t)M * (size_t)KB, tiled = (size_t)round32(M) * (size_t)KB;
     return round64(blocks * (size_t)block) + round64(blocks * sizeof(int32_t)) +
            round64(blocks * sizeof(float)) +
-           (wide_rows(M, block) ? blocks * (size_t)block * sizeof(int16_t) : 0);
+           (wide_rows(M, block) ? blocks * (size_t)block * sizeof(int16_t) : 0) +
+           (amx_rows(M, block) ? tiled * (size_t)block + tiled * sizeof(float) : 0);
 }
 
 q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
@@ -109,7 +160,14 @@ q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
     rows.scales = (float *)at;
     at += round64(blocks * sizeof(float));
     rows.wide = wide_rows(M, block) ? (int16_t *)at : NULL;
+    if (rows.wide) at += blocks * (size_t)block * sizeof(int16_t);
     rows.M = M;
+    rows.MP = round32(M);
+    rows.tiles = NULL, rows.tscales = NULL;
+    if (amx_rows(M, block)) {
+        rows.tiles = (int8_t *)at;
+        rows.tscales = (float *)(at + (size_t)rows.MP * (size_t)KB * (size_t)block);
+    }
     return rows;
 }
 
@@ -161,6 +219,13 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             /* wide rows: rows_wide takes the weights as stored, the zero point's share here */
             rows.offsets[at] = Q8_W8_OFFSETS || rows.wide ? -_mm512_reduce_add_epi32(lane) : 0;
             rows.scales[at] = amax / 127.0f;
+            if (rows.tiles) { /* AMX's B tile: dword j of this row at line j, column m % 16 */
+                int64_t tiled = b * rows.MP + m;
+                rows.tscales[tiled] = rows.scales[at];
+                int8_t *tile = rows.tiles + (((b * rows.MP + (m & ~(int64_t)15)) * Q8_BLOCK)) +
+                                (m & 15) * 4;
+                for (int j = 0; j < 16; j++) memcpy(tile + 64 * j, codes + 4 * j, 4);
+            }
 #ifdef ORTGEN_AVX2
             if (rows.wide) { /* rows_wide's int16 pairs */
                 int16_t *wide = rows.wide + (b * rows.M + m) * Q8_BLOCK;
@@ -421,8 +486,164 @@ INLINE TARGET void column(const int R, q8_rows rows, int64_t m0, int64_t KB, con
     for (int r = 0; r < R; r++) Y[(m0 + r) * N + n] = slots_sum(acc[r], bias, n);
 }
 
+#ifndef ORTGEN_AVX2
+/* ---- AMX: the many-rows 8-bit path on tiles (Intel Xeon 4th generation on). A tile dot
+ * (TDPBSSD: signed bytes of A times signed bytes of B, 4 at a time, summed into int32) takes 16
+ * weight columns' block b as A, turned signed (w − 128) once per pair of column tiles (`strip`),
+ * and 16 rows' codes of that block as B (q8_rows' tiles, laid out when quantized), into a zeroed
+ * C: C[c][r] = Σ (w − 128)·a, the exact dot of the other paths. Each block's C goes to memory and
+ * into the same fma as theirs (slot b % 4, w_scale × a_scale), so the outputs are theirs bit for
+ * bit. Two column tiles × two row tiles a block: 4 dots, 8 tile registers. One thread, C harness,
+ * weights cold, 3 interleaved runs (ms, AMX / AVX-512 VNNI groups; this machine's speed drifts
+ * ~1.5× between minutes): M 512 K 768 N 3072 7.7-9.8 / 12.9-13.8, K 3072 N 768 5.0-5.2 /
+ * 12.4-12.5, M 64 K 768 N 3072 0.76-0.86 / 1.0-1.8, M 16 0.39-0.46 / 0.40-0.45 (its weights'
+ * stream). Where the time goes (M 512, K 768, N 3072, parts left out in turn): the tile ops ~2
+ * ms, the scaling ~1.8, the rest (signing, sums, stores) ~1.1; they overlap little. The tiles'
+ * stores must land in L1: into a buffer of every block's dots (one pass of the scaling per
+ * column, its slots in registers: a quarter of the scaling's cost) they took ~2.5× as long. */
+#define AMX_TARGET \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,amx-tile,amx-int8")))
+typedef struct {
+    uint8_t palette, start;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+#define TILE_FENCE() __asm__ volatile("" ::: "memory") /* the tile macros' asm names no memory */
+
+/* columns [n, n + 32) (the last repeated past n1) as signed codes w − 128, [KB, 32, 64]: each
+ * block's two A tiles in one run */
+AMX_TARGET static void amx_strip(const uint8_t *W, int64_t KB, int64_t n, int64_t n1,
+                                 int8_t *strip) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int c = 0; c < 32; c++) {
+        const uint8_t *col = W + (n + c < n1 ? n + c : n1 - 1) * KB * Q8_BLOCK;
+        for (int64_t b = 0; b < KB; b++)
+            _mm512_store_si512(strip + (b * 32 + c) * Q8_BLOCK,
+                               _mm512_xor_si512(_mm512_loadu_si512(col + b * Q8_BLOCK), flip));
+    }
+}
+
+/* column c (0–31) of the pair's block b: its two row tiles' dots (d: block b's 4 C tiles) into
+ * the slots (slot b % 4, the other paths' fma); first: b < 4, the slot's first block */
+AMX_TARGET static inline __attribute__((always_inline)) void amx_scale(
+    float (*slots)[16][4][16], const int32_t (*d)[256], int c, float ws, const __m512 *as,
+    int64_t b, int first) {
+    int i = c >> 4, r = c & 15;
+    __m512 w = _mm512_set1_ps(ws);
+    for (int j = 0; j < 2; j++) {
+        float *y = slots[2 * i + j][r][b & 3];
+        __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(d[2 * i + j] + 16 * r));
+        __m512 sum = first ? _mm512_setzero_ps() : _mm512_load_ps(y);
+        _mm512_store_ps(y, _mm512_fmadd_ps(dot, _mm512_mul_ps(w, as[j]), sum));
+    }
+}
+
+AMX_TARGET static void amx_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W,
+                                const float *Ws, const float *bias, int64_t N, int64_t n0,
+                                int64_t n1, float *Y, int8_t *strip) {
+    tile_config config = {.palette = 1};
+    for (int i = 0; i < 8; i++) config.rows[i] = 16, config.colsb[i] = 64;
+    _tile_loadconfig(&config);
+    /* blocks b and b + 1's C tiles: stored where they stay in L1 (tile stores into lines that
+     * are not there ran ~1.5-2× slower) */
+    int32_t dots[2][4][256] __attribute__((aligned(64)));
+    float slots[4][16][4][16] __attribute__((aligned(64))); /* [C tile][column][slot][row] */
+    for (int64_t n = n0; n < n1; n += 32) {
+        int cols[2] = {n1 - n < 16 ? (int)(n1 - n) : 16,
+                       n1 - n <= 16 ? 0 : n1 - n < 32 ? (int)(n1 - n - 16) : 16};
+        int two = cols[1] > 0;
+        const float *wscale[32]; /* each column's scales (the last repeated past n1) */
+        for (int c = 0; c < 32; c++) wscale[c] = Ws + (n + c < n1 ? n + c : n1 - 1) * KB;
+        amx_strip(W, KB, n, n1, strip);
+        TILE_FENCE();
+        for (int64_t t = 0; t < rows.MP; t += 32) {
+            if (KB < 4) memset(slots, 0, sizeof slots); /* slots no block reaches */
+            for (int64_t b = -1; b < KB; b++) {
+                /* block b + 1's tile ops go in between block b's scaling (which reads what the
+                 * tiles stored a block earlier): issued as one run, the tiles' stores, last to
+                 * retire, held the scaling back until the reorder buffer filled */
+                const int32_t(*d)[256] = (const int32_t(*)[256])dots[b & 1];
+                __m512 as[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}; /* the rows' scales */
+                int first = b < 4, scale = b >= 0;
+                if (scale) {
+                    const float *sc = rows.tscales + b * rows.MP + t;
+                    as[0] = _mm512_loadu_ps(sc), as[1] = _mm512_loadu_ps(sc + 16);
+                }
+#define SCALE(c) \
+    if (scale && (c < 16 || two)) amx_scale(slots, d, c, wscale[c][b], as, b, first)
+                if (b + 1 < KB) {
+                    const int8_t *a = strip + (b + 1) * 32 * Q8_BLOCK;
+                    const int8_t *bt = rows.tiles + ((b + 1) * rows.MP + t) * Q8_BLOCK;
+                    int32_t(*next)[256] = dots[(b + 1) & 1];
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    _tile_loadd(4, a, 64);
+                    SCALE(0); SCALE(1);
+                    _tile_loadd(6, bt, 64);
+                    SCALE(2); SCALE(3);
+                    _tile_dpbssd(0, 4, 6);
+                    SCALE(4); SCALE(5);
+                    _tile_loadd(7, bt + 16 * Q8_BLOCK, 64);
+                    SCALE(6); SCALE(7);
+                    _tile_dpbssd(1, 4, 7);
+                    SCALE(8); SCALE(9);
+                    _tile_loadd(5, a + 16 * Q8_BLOCK, 64);
+                    SCALE(10); SCALE(11);
+                    _tile_dpbssd(2, 5, 6);
+                    SCALE(12); SCALE(13);
+                    _tile_dpbssd(3, 5, 7);
+                    SCALE(14); SCALE(15);
+                    _tile_stored(0, next[0], 64);
+                    SCALE(16); SCALE(17); SCALE(18); SCALE(19);
+                    _tile_stored(1, next[1], 64);
+                    SCALE(20); SCALE(21); SCALE(22); SCALE(23);
+                    _tile_stored(2, next[2], 64);
+                    SCALE(24); SCALE(25); SCALE(26); SCALE(27);
+                    _tile_stored(3, next[3], 64);
+                    SCALE(28); SCALE(29); SCALE(30); SCALE(31);
+                    TILE_FENCE();
+                } else {
+                    for (int c = 0; c < 32; c++) SCALE(c);
+                }
+#undef SCALE
+            }
+            for (int i = 0; i <= two; i++) {
+                __mmask16 keep = (__mmask16)((1u << cols[i]) - 1);
+                for (int j = 0; j < 2; j++) {
+                    int64_t m0 = t + 16 * j, here = M - m0 < 16 ? M - m0 : 16;
+                    __m512i v[16], out[16];
+                    for (int c = 0; c < 16; c++) {
+                        const float(*s)[16] = slots[2 * i + j][c];
+                        __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(s[0]), _mm512_load_ps(s[1])),
+                                                 _mm512_add_ps(_mm512_load_ps(s[2]), _mm512_load_ps(s[3])));
+                        if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[n + 16 * i + (c < cols[i] ? c : cols[i] - 1)]));
+                        v[c] = _mm512_castps_si512(y);
+                    }
+                    transpose(v, out); /* out[r]: row r's 16 columns */
+                    for (int r = 0; r < here; r++)
+                        _mm512_mask_storeu_ps(Y + (m0 + r) * N + n + 16 * i, keep,
+                                              _mm512_castsi512_ps(out[r]));
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+#endif
+
 TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
+#ifndef ORTGEN_AVX2
+    int8_t *strip; /* a column pair's signed codes */
+    if (rows.tiles && (strip = aligned_alloc(64, (size_t)KB * 32 * Q8_BLOCK))) {
+        amx_gemm(rows, M, KB, W, Ws, bias, N, n0, n1, Y, strip);
+        free(strip);
+        return;
+    }
+#endif
     if (M <= COLUMN_ROWS) { /* few rows: stream each column once, no transpose */
         for (int64_t n = n0; n < n1; n++) {
             if (Q8_PREFETCH) {
@@ -734,3 +955,11 @@ TARGET void q8_gelu(float *Y, int64_t M, int64_t N, int64_t n0, int64_t n1) {
 }
 
 int q8_supported(void) { return isa_supported(); }
+
+int q8_amx(void) {
+#ifdef ORTGEN_AVX2
+    return 0;
+#else
+    return amx_usable();
+#endif
+}

@@ -11,6 +11,22 @@ NATIVE_FLAGS = (
 )
 
 
+def flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is absent)."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return set()
+    for line in info.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def has_amx() -> bool:
+    """Whether the AVX-512 build runs here with AMX-INT8 tiles (Intel Xeon 4th generation on)."""
+    return flags() >= NATIVE_FLAGS[0] | {"amx_tile", "amx_int8"}
+
+
 def runs_native_kernels() -> bool:
     """Whether ortgen's native kernels (AVX-512 VNNI or AVX2) can run here: then they must be
     built."""

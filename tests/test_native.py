@@ -6,10 +6,16 @@ run beside it and whichever path (few rows or many) computes it; `ortgen.CachedA
 
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
-from cpu import native_build, runs_native_kernels
+from cpu import has_amx, native_build, runs_native_kernels
 from onnx import TensorProto, helper, numpy_helper
 
 from ortgen import kernels
@@ -178,12 +184,49 @@ def test_a_row_gets_the_same_bits_whatever_runs_beside_it(k, n, activation, bits
     alone = {
         i: session.run(None, {"A": a[i : i + 1]})[0][0] for i in (0, 1, 2, 3, 7, 8, 16, 64, 69)
     }
-    for rows in (2, 3, 4, 5, 6, 7, 8, 12, 17, 65, 70):
+    for rows in (2, 3, 4, 5, 6, 7, 8, 12, 16, 17, 33, 65, 70):
         batch = session.run(None, {"A": a[:rows]})[0]
         for i in [i for i in alone if i < rows]:
             assert np.array_equal(batch[i], alone[i]), (rows, i)
     shaped = session.run(None, {"A": a[:6].reshape(2, 3, k)})[0]  # [B, T, K] inputs too
     assert np.array_equal(shaped.reshape(6, n)[0], alone[0])
+
+
+AMX_BATCH = """
+import sys, ctypes, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_native import amx_batch
+from ortgen import kernels
+np.save(sys.argv[2], amx_batch())
+print(ctypes.CDLL(kernels.library()).ortgen_kernels_amx())
+"""
+
+
+def amx_batch() -> np.ndarray:
+    """An 8-bit Q8MatMul over 16, 33 and 70 rows (the tiles' path where AMX runs), N 50: a
+    partial second column tile, K 320: five blocks"""
+    rng = np.random.default_rng(5)
+    data, scales, _ = packed(rng.normal(size=(50, 320)).astype(np.float32), 8)
+    bias = rng.normal(size=50).astype(np.float32)
+    session = q8_session(data, scales, bias, 320)
+    a = (rng.normal(size=(70, 320)) * rng.uniform(0.1, 10, size=(70, 1))).astype(np.float32)
+    return np.concatenate([session.run(None, {"A": a[:rows]})[0] for rows in (16, 33, 70)])
+
+
+@pytest.mark.skipif(not has_amx(), reason="this CPU has no AMX-INT8")
+def test_amx_tiles_run_where_the_cpu_has_them_and_give_the_vnni_paths_bits(tmp_path):
+    """Many rows of 8-bit weights go through AMX tiles where the CPU has them; ORTGEN_AMX=0
+    turns them off (AVX-512 VNNI groups), and both give the same bits."""
+    assert ctypes.CDLL(kernels.library()).ortgen_kernels_amx() == 1
+    tiles = amx_batch()
+    env = {**os.environ, "ORTGEN_AMX": "0"}
+    here = str(Path(__file__).parent)
+    off = subprocess.run(
+        [sys.executable, "-c", AMX_BATCH, here, str(tmp_path / "vnni.npy")],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    assert off.stdout.split() == ["0"]
+    assert np.array_equal(np.load(tmp_path / "vnni.npy"), tiles)
 
 
 def test_wrong_shapes_fail_with_a_message_instead_of_reading_past_the_weights():
