@@ -223,7 +223,10 @@ def test_amx_tiles_run_where_the_cpu_has_them_and_give_the_vnni_paths_bits(tmp_p
     here = str(Path(__file__).parent)
     off = subprocess.run(
         [sys.executable, "-c", AMX_BATCH, here, str(tmp_path / "vnni.npy")],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert off.stdout.split() == ["0"]
     assert np.array_equal(np.load(tmp_path / "vnni.npy"), tiles)
