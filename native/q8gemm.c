@@ -1,5 +1,5 @@
 /* int8 block GEMM on AVX-512 VNNI (see q8gemm.h). Every output element is, bit for bit, whichever
- * path computes it (few rows: `column`; more: `group`, or with AMX 8-bit `amx_gemm`) and whatever
+ * path computes it (few rows: `column`; more: `group`, or with AMX `amx_gemm`) and whatever
  * its neighbours:
  *   slot[b % 4] = fma(float(d_b), a_scale_b × w_scale_b, slot[b % 4])  for blocks b in order,
  *   y = ((slot0 + slot1) + (slot2 + slot3)) + bias,
@@ -92,9 +92,13 @@ static int wide_rows(int64_t M, int64_t block) {
 #endif
 }
 
-/* AMX (Intel Xeon 4th generation on): the many-rows 8-bit path in tiles, from this many rows */
+/* AMX (Intel Xeon 4th generation on): the many-rows paths in tiles, from this many rows. Rows
+ * go in pairs of 16-row tiles, so 16 rows cost what 32 do: one thread, K 768, N 3072, 3
+ * interleaved runs, tiles / VNNI groups (ms), 8 bits M 16 0.42-0.43 / 0.33-0.48, M 24 0.42-0.46
+ * / 0.52-0.56, M 32 0.41-0.46 / 0.72-0.82; 4 bits M 16 0.56-0.59 / 0.35-0.56, M 24 0.47-0.65 /
+ * 0.65-0.73, M 32 0.59-0.64 / 0.80-1.00. */
 #ifndef AMX_ROWS
-#define AMX_ROWS 16
+#define AMX_ROWS 20
 #endif
 
 #ifndef ORTGEN_AVX2
@@ -135,7 +139,7 @@ static int amx_rows(int64_t M, int64_t block) {
     (void)M, (void)block;
     return 0;
 #else
-    return block == Q8_BLOCK && M >= AMX_ROWS && amx_usable();
+    return (block == Q8_BLOCK || block == Q4_BLOCK) && M >= AMX_ROWS && amx_usable();
 #endif
 }
 
@@ -487,7 +491,7 @@ INLINE TARGET void column(const int R, q8_rows rows, int64_t m0, int64_t KB, con
 }
 
 #ifndef ORTGEN_AVX2
-/* ---- AMX: the many-rows 8-bit path on tiles (Intel Xeon 4th generation on). A tile dot
+/* ---- AMX: the many-rows path on tiles (Intel Xeon 4th generation on). A tile dot
  * (TDPBSSD: signed bytes of A times signed bytes of B, 4 at a time, summed into int32) takes 16
  * weight columns' block b as A, turned signed (w − 128) once per pair of column tiles (`strip`),
  * and 16 rows' codes of that block as B (q8_rows' tiles, laid out when quantized), into a zeroed
@@ -500,7 +504,10 @@ INLINE TARGET void column(const int R, q8_rows rows, int64_t m0, int64_t KB, con
  * stream). Where the time goes (M 512, K 768, N 3072, parts left out in turn): the tile ops ~2
  * ms, the scaling ~1.8, the rest (signing, sums, stores) ~1.1; they overlap little. The tiles'
  * stores must land in L1: into a buffer of every block's dots (one pass of the scaling per
- * column, its slots in registers: a quarter of the scaling's cost) they took ~2.5× as long. */
+ * column, its slots in registers: a quarter of the scaling's cost) they took ~2.5× as long.
+ * 4-bit weights the same way: each block's 32 codes unpacked to w − 8 in the activations' order
+ * (A: 16 lines of 32 bytes, B: 8 lines), the slot (b / 4) % 4; M 512 K 768 N 3072 5.9-7.8 /
+ * 9.5-10.7 ms, K 3072 N 768 5.3-5.5 / 8.7-10.7, M 64 0.77-0.80 / 1.08-1.15. */
 #define AMX_TARGET \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,amx-tile,amx-int8")))
 typedef struct {
@@ -524,26 +531,48 @@ AMX_TARGET static void amx_strip(const uint8_t *W, int64_t KB, int64_t n, int64_
     }
 }
 
+/* the same for 4-bit weights, [KB, 32, 32]: a block's codes w − 8 in the activations' order,
+ * the low nibbles (even codes), then the high ones */
+AMX_TARGET static void amx_strip4(const uint8_t *W, int64_t KB, int64_t n, int64_t n1,
+                                  int8_t *strip) {
+    const __m128i low = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    for (int c = 0; c < 32; c++) {
+        const uint8_t *col = W + (n + c < n1 ? n + c : n1 - 1) * KB * (Q4_BLOCK / 2);
+        for (int64_t b = 0; b < KB; b++) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(col + b * (Q4_BLOCK / 2)));
+            int8_t *to = strip + (b * 32 + c) * Q4_BLOCK;
+            _mm_store_si128((__m128i *)to, _mm_sub_epi8(_mm_and_si128(x, low), eight));
+            _mm_store_si128((__m128i *)(to + 16),
+                            _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(x, 4), low), eight));
+        }
+    }
+}
+
 /* column c (0–31) of the pair's block b: its two row tiles' dots (d: block b's 4 C tiles) into
- * the slots (slot b % 4, the other paths' fma); first: b < 4, the slot's first block */
+ * slot `slot` (the other paths' fma); first: the slot's first block (its sum starts at 0) */
 AMX_TARGET static inline __attribute__((always_inline)) void amx_scale(
     float (*slots)[16][4][16], const int32_t (*d)[256], int c, float ws, const __m512 *as,
-    int64_t b, int first) {
+    int slot, int first) {
     int i = c >> 4, r = c & 15;
     __m512 w = _mm512_set1_ps(ws);
     for (int j = 0; j < 2; j++) {
-        float *y = slots[2 * i + j][r][b & 3];
+        float *y = slots[2 * i + j][r][slot];
         __m512 dot = _mm512_cvtepi32_ps(_mm512_load_si512(d[2 * i + j] + 16 * r));
         __m512 sum = first ? _mm512_setzero_ps() : _mm512_load_ps(y);
         _mm512_store_ps(y, _mm512_fmadd_ps(dot, _mm512_mul_ps(w, as[j]), sum));
     }
 }
 
-AMX_TARGET static void amx_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W,
-                                const float *Ws, const float *bias, int64_t N, int64_t n0,
-                                int64_t n1, float *Y, int8_t *strip) {
+/* 8 or 4 bits (`bits`, a constant): a block is `size` bytes of a row's codes (64 or 32), and
+ * goes to slot b % 4 (8 bits) or (b / 4) % 4 (4 bits), as on the other paths */
+AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
+    const int bits, q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
+    const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y, int8_t *strip) {
+    const int size = bits == 8 ? Q8_BLOCK : Q4_BLOCK;
     tile_config config = {.palette = 1};
     for (int i = 0; i < 8; i++) config.rows[i] = 16, config.colsb[i] = 64;
+    config.colsb[4] = config.colsb[5] = (uint16_t)size; /* A: 16 columns' blocks */
+    config.rows[6] = config.rows[7] = (uint8_t)(size / 4); /* B: a dword of 16 rows a line */
     _tile_loadconfig(&config);
     /* blocks b and b + 1's C tiles: stored where they stay in L1 (tile stores into lines that
      * are not there ran ~1.5-2× slower) */
@@ -555,42 +584,44 @@ AMX_TARGET static void amx_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8
         int two = cols[1] > 0;
         const float *wscale[32]; /* each column's scales (the last repeated past n1) */
         for (int c = 0; c < 32; c++) wscale[c] = Ws + (n + c < n1 ? n + c : n1 - 1) * KB;
-        amx_strip(W, KB, n, n1, strip);
+        (bits == 8 ? amx_strip : amx_strip4)(W, KB, n, n1, strip);
         TILE_FENCE();
         for (int64_t t = 0; t < rows.MP; t += 32) {
-            if (KB < 4) memset(slots, 0, sizeof slots); /* slots no block reaches */
+            if (KB <= (bits == 8 ? 3 : 12)) memset(slots, 0, sizeof slots); /* slots no block reaches */
             for (int64_t b = -1; b < KB; b++) {
                 /* block b + 1's tile ops go in between block b's scaling (which reads what the
                  * tiles stored a block earlier): issued as one run, the tiles' stores, last to
                  * retire, held the scaling back until the reorder buffer filled */
                 const int32_t(*d)[256] = (const int32_t(*)[256])dots[b & 1];
                 __m512 as[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}; /* the rows' scales */
-                int first = b < 4, scale = b >= 0;
+                int scale = b >= 0;
+                int slot = bits == 8 ? b & 3 : (b >> 2) & 3;
+                int first = bits == 8 ? b < 4 : b < 16 && !(b & 3);
                 if (scale) {
                     const float *sc = rows.tscales + b * rows.MP + t;
                     as[0] = _mm512_loadu_ps(sc), as[1] = _mm512_loadu_ps(sc + 16);
                 }
 #define SCALE(c) \
-    if (scale && (c < 16 || two)) amx_scale(slots, d, c, wscale[c][b], as, b, first)
+    if (scale && (c < 16 || two)) amx_scale(slots, d, c, wscale[c][b], as, slot, first)
                 if (b + 1 < KB) {
-                    const int8_t *a = strip + (b + 1) * 32 * Q8_BLOCK;
-                    const int8_t *bt = rows.tiles + ((b + 1) * rows.MP + t) * Q8_BLOCK;
+                    const int8_t *a = strip + (b + 1) * 32 * size;
+                    const int8_t *bt = rows.tiles + ((b + 1) * rows.MP + t) * size;
                     int32_t(*next)[256] = dots[(b + 1) & 1];
                     _tile_zero(0);
                     _tile_zero(1);
                     _tile_zero(2);
                     _tile_zero(3);
-                    _tile_loadd(4, a, 64);
+                    _tile_loadd(4, a, size);
                     SCALE(0); SCALE(1);
                     _tile_loadd(6, bt, 64);
                     SCALE(2); SCALE(3);
                     _tile_dpbssd(0, 4, 6);
                     SCALE(4); SCALE(5);
-                    _tile_loadd(7, bt + 16 * Q8_BLOCK, 64);
+                    _tile_loadd(7, bt + 16 * size, 64);
                     SCALE(6); SCALE(7);
                     _tile_dpbssd(1, 4, 7);
                     SCALE(8); SCALE(9);
-                    _tile_loadd(5, a + 16 * Q8_BLOCK, 64);
+                    _tile_loadd(5, a + 16 * size, size);
                     SCALE(10); SCALE(11);
                     _tile_dpbssd(2, 5, 6);
                     SCALE(12); SCALE(13);
@@ -632,17 +663,24 @@ AMX_TARGET static void amx_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8
     }
     _tile_release();
 }
+
+/* bits 8 or 4: the rows' AMX path, when a column pair's signed codes find memory */
+AMX_TARGET static int amx_run(int bits, q8_rows rows, int64_t M, int64_t KB, const uint8_t *W,
+                              const float *Ws, const float *bias, int64_t N, int64_t n0,
+                              int64_t n1, float *Y) {
+    int8_t *strip = aligned_alloc(64, (size_t)KB * 32 * (bits == 8 ? Q8_BLOCK : Q4_BLOCK));
+    if (!strip) return 0;
+    if (bits == 8) amx_gemm(8, rows, M, KB, W, Ws, bias, N, n0, n1, Y, strip);
+    else amx_gemm(4, rows, M, KB, W, Ws, bias, N, n0, n1, Y, strip);
+    free(strip);
+    return 1;
+}
 #endif
 
 TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
 #ifndef ORTGEN_AVX2
-    int8_t *strip; /* a column pair's signed codes */
-    if (rows.tiles && (strip = aligned_alloc(64, (size_t)KB * 32 * Q8_BLOCK))) {
-        amx_gemm(rows, M, KB, W, Ws, bias, N, n0, n1, Y, strip);
-        free(strip);
-        return;
-    }
+    if (rows.tiles && amx_run(8, rows, M, KB, W, Ws, bias, N, n0, n1, Y)) return;
 #endif
     if (M <= COLUMN_ROWS) { /* few rows: stream each column once, no transpose */
         for (int64_t n = n0; n < n1; n++) {
@@ -725,6 +763,13 @@ TARGET void q4_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
             rows.offsets[at] = -_mm_cvtsi128_si32(h); /* −8 × the code sum */
             rows.scales[at] = amax / 127.0f;
+            if (rows.tiles) { /* AMX's B tile (8 lines): dword j of the block as laid out above */
+                rows.tscales[b * rows.MP + m] = rows.scales[at];
+                int8_t *tile = rows.tiles + (b * rows.MP + (m & ~(int64_t)15)) * Q4_BLOCK +
+                               (m & 15) * 4;
+                for (int j = 0; j < 8; j++)
+                    memcpy(tile + 64 * j, evens + (j < 4 ? 4 * j : 64 + 4 * (j - 4)), 4);
+            }
         }
     }
 }
@@ -925,6 +970,9 @@ INLINE TARGET void column4(const int R, q8_rows rows, int64_t m0, int64_t KB, co
 
 TARGET void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
+#ifndef ORTGEN_AVX2
+    if (rows.tiles && amx_run(4, rows, M, KB, W, Ws, bias, N, n0, n1, Y)) return;
+#endif
     if (M <= Q4_COLUMN_ROWS) {
         for (int64_t n = n0; n < n1; n++) {
             const uint8_t *ahead = W + n * KB * (Q4_BLOCK / 2) + Q4_PREFETCH;
