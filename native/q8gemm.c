@@ -524,13 +524,16 @@ typedef struct {
 } tile_config;
 #define TILE_FENCE() __asm__ volatile("" ::: "memory") /* the tile macros' asm names no memory */
 
+/* column c (0–31) of the pair at n: n + c, or past n1 the last column again (computed, unstored) */
+static inline int64_t pair_column(int64_t n, int c, int64_t n1) { return n + c < n1 ? n + c : n1 - 1; }
+
 /* columns [n, n + 32) (the last repeated past n1) as signed codes w − 128, [KB, 32, 64]: each
  * block's two A tiles in one run */
 AMX_TARGET static void amx_strip(const uint8_t *W, int64_t KB, int64_t n, int64_t n1,
                                  int8_t *strip) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     for (int c = 0; c < 32; c++) {
-        const uint8_t *col = W + (n + c < n1 ? n + c : n1 - 1) * KB * Q8_BLOCK;
+        const uint8_t *col = W + pair_column(n, c, n1) * KB * Q8_BLOCK;
         for (int64_t b = 0; b < KB; b++)
             _mm512_store_si512(strip + (b * 32 + c) * Q8_BLOCK,
                                _mm512_xor_si512(_mm512_loadu_si512(col + b * Q8_BLOCK), flip));
@@ -543,7 +546,7 @@ AMX_TARGET static void amx_strip4(const uint8_t *W, int64_t KB, int64_t n, int64
                                   int8_t *strip) {
     const __m128i low = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
     for (int c = 0; c < 32; c++) {
-        const uint8_t *col = W + (n + c < n1 ? n + c : n1 - 1) * KB * (Q4_BLOCK / 2);
+        const uint8_t *col = W + pair_column(n, c, n1) * KB * (Q4_BLOCK / 2);
         for (int64_t b = 0; b < KB; b++) {
             __m128i x = _mm_loadu_si128((const __m128i *)(col + b * (Q4_BLOCK / 2)));
             int8_t *to = strip + (b * 32 + c) * Q4_BLOCK;
@@ -589,7 +592,7 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
                        n1 - n <= 16 ? 0 : n1 - n < 32 ? (int)(n1 - n - 16) : 16};
         int two = cols[1] > 0;
         const float *wscale[32]; /* each column's scales (the last repeated past n1) */
-        for (int c = 0; c < 32; c++) wscale[c] = Ws + (n + c < n1 ? n + c : n1 - 1) * KB;
+        for (int c = 0; c < 32; c++) wscale[c] = Ws + pair_column(n, c, n1) * KB;
         (bits == 8 ? amx_strip : amx_strip4)(W, KB, n, n1, strip);
         TILE_FENCE();
         for (int64_t t = 0; t < rows.MP; t += 32) {
@@ -656,7 +659,7 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
                         const float(*s)[16] = slots[2 * i + j][c];
                         __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(s[0]), _mm512_load_ps(s[1])),
                                                  _mm512_add_ps(_mm512_load_ps(s[2]), _mm512_load_ps(s[3])));
-                        if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[n + 16 * i + (c < cols[i] ? c : cols[i] - 1)]));
+                        if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[pair_column(n, 16 * i + c, n1)]));
                         v[c] = _mm512_castps_si512(y);
                     }
                     transpose(v, out); /* out[r]: row r's 16 columns */
@@ -689,9 +692,10 @@ TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const
     if (rows.tiles && amx_run(8, rows, M, KB, W, Ws, bias, N, n0, n1, Y)) return;
 #endif
     if (M <= COLUMN_ROWS) { /* few rows: stream each column once, no transpose */
+        const int64_t prefetch = Q8_PREFETCH; /* a CPU check: once a call, not once a column */
         for (int64_t n = n0; n < n1; n++) {
-            if (Q8_PREFETCH) {
-                const uint8_t *ahead = W + n * KB * Q8_BLOCK + Q8_PREFETCH;
+            if (prefetch) {
+                const uint8_t *ahead = W + n * KB * Q8_BLOCK + prefetch;
                 for (int64_t line = 0; line < KB * Q8_BLOCK; line += 64)
                     _mm_prefetch((const char *)(ahead + line), _MM_HINT_T0);
             }

@@ -30,26 +30,13 @@ def has_amx() -> bool:
 def runs_native_kernels() -> bool:
     """Whether ortgen's native kernels (AVX-512 VNNI or AVX2) can run here: then they must be
     built."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return False
-    for line in info.read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return any(flags >= wanted for wanted in NATIVE_FLAGS)
-    return False
+    return native_build() is not None
 
 
 def native_build() -> str | None:
     """The kernel build this CPU should run (kernels.BUILDS): the AVX-512 VNNI one where the CPU
     has it, else the AVX2 one; None where neither runs."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return None
-    for line in info.read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            if flags >= NATIVE_FLAGS[0]:
-                return "ortgen._kernels"
-            return "ortgen._kernels_avx2" if flags >= NATIVE_FLAGS[1] else None
-    return None
+    have = flags()
+    if have >= NATIVE_FLAGS[0]:
+        return "ortgen._kernels"
+    return "ortgen._kernels_avx2" if have >= NATIVE_FLAGS[1] else None
