@@ -408,22 +408,102 @@ INLINE TARGET int64_t four_values_chain(const int C, const int Q8, const int c, 
 }
 #endif
 
+/* Keys turned (a prompt's converted records, see attn_queries): blocks of 16 keys, [D][16] floats
+ * (lane j of row d: key 16 × block + j's value d), their scales beside. one_query's score of a
+ * key is dot's 16 lanes a_0 … a_15 (a_l = q[l] k[l], then + q[16c + l] k[16c + l] for each
+ * further chunk c) summed by sum4's tree, (A_0 + A_2) + (A_1 + A_3) with A_k = (a_4k + a_4k+2) +
+ * (a_4k+1 + a_4k+3), times the key's scale, times the score scale. With keys in lanes the same
+ * sums are vertical: a_l of 16 keys is one vector, and no shuffles reduce them. Only for head
+ * sizes that are whole chunks (no masked lanes). */
+
+/* TURNED: whether prompts read keys turned (AVX2: no; slower than four_scores there, with 16
+ * registers). HOLD4: keeps the compiler from interleaving four vectors' work with the next
+ * step's, which spilled (C harness: ~5 % of a layer's prompt attention) */
+#ifdef ORTGEN_AVX2
+#define TURNED 0
+#define HOLD4(v) ((void)(v))
+#else
+#define TURNED 1
+#define HOLD4(v) __asm__("" : "+v"((v)[0]), "+v"((v)[1]), "+v"((v)[2]), "+v"((v)[3]))
+#endif
+
+/* a_l of 16 keys for four queries: p[i] */
+INLINE TARGET void turned_lane(const int C, const float *const *q, const float *block, int l,
+                               __m512 *p) {
+    __m512 k[FOUR_CHUNKS];
+    UNROLL
+    for (int c = 0; c < C; c++) k[c] = _mm512_loadu_ps(block + (16 * c + l) * 16);
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        p[i] = _mm512_mul_ps(_mm512_set1_ps(q[i][l]), k[0]);
+        UNROLL
+        for (int c = 1; c < C; c++)
+            p[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][16 * c + l]), k[c], p[i]);
+    }
+    HOLD4(p);
+}
+
+/* A_k of 16 keys for four queries: (a_4k + a_4k+2) + (a_4k+1 + a_4k+3) */
+INLINE TARGET void turned_quad(const int C, const float *const *q, const float *block, int k,
+                               __m512 *sum) {
+    __m512 x[4], y[4], p[4];
+    turned_lane(C, q, block, 4 * k, x);
+    turned_lane(C, q, block, 4 * k + 2, p);
+    UNROLL
+    for (int i = 0; i < 4; i++) x[i] = _mm512_add_ps(x[i], p[i]);
+    turned_lane(C, q, block, 4 * k + 1, y);
+    turned_lane(C, q, block, 4 * k + 3, p);
+    UNROLL
+    for (int i = 0; i < 4; i++) sum[i] = _mm512_add_ps(x[i], _mm512_add_ps(y[i], p[i]));
+}
+
+/* Four queries' scores (q[0..3], consecutive new tokens) for the keys [0, end) in blocks of 16
+ * (the last block's lanes past end: scores of the zero padding, which no query reads) */
+INLINE TARGET void turned_scores(const int C, const attn_args *a, const float *const *q,
+                                 const float *turned, const float *scales, int64_t end,
+                                 float *const *scores) {
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    for (int64_t j = 0; j < end; j += 16) {
+        const float *block = turned + j * 16 * C;
+        __m512 a0[4], a1[4], a2[4], a3[4];
+        turned_quad(C, q, block, 0, a0);
+        turned_quad(C, q, block, 2, a2);
+        UNROLL
+        for (int i = 0; i < 4; i++) a0[i] = _mm512_add_ps(a0[i], a2[i]);
+        turned_quad(C, q, block, 1, a1);
+        turned_quad(C, q, block, 3, a3);
+        __m512 key_scales = _mm512_loadu_ps(scales + j);
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            __m512 total = _mm512_add_ps(a0[i], _mm512_add_ps(a1[i], a3[i]));
+            _mm512_storeu_ps(scores[i] + j, _mm512_mul_ps(_mm512_mul_ps(total, key_scales), scale));
+        }
+    }
+}
+
 /* Four queries from [lo, hi], …, [lo, hi + 3] (consecutive new tokens, no window between them):
  * the same float sequences as one_query gives each, each cached key and value loaded and
  * converted once for the four while they share positions. */
 INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
                                 const float *const *q, const char *keys, const char *values,
-                                int64_t lo, int64_t hi, float *const *scores, float *const *out) {
+                                const float *turned, const float *scales, int64_t lo,
+                                int64_t hi, float *const *scores, float *const *out) {
     const int64_t n = hi - lo + 1; /* query i sees n + i */
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 qv[4 * (ATTN_MAX_HEAD / 16)];
     UNROLL
     for (int i = 0; i < 4; i++) load_query(C, q[i], tail, qv + i * C);
-    int64_t j = four_scores(C, Q8, a, qv, keys, lo, n, tail, scores);
+    const int by_blocks = Q8 == KIND_FLOATS && turned; /* keys turned (lo 0) */
+    int64_t j = 0;
+    if (by_blocks) /* every key of the four, in blocks of 16 */
+        turned_scores(C, a, q, turned, scales, n + 3, scores);
+    else
+        j = four_scores(C, Q8, a, qv, keys, lo, n, tail, scores);
     __m512 inverse[4];
     UNROLL
-    for (int i = 0; i < 4; i++) {
-        scores_from(C, Q8, a, qv + i * C, keys, lo, j, n + i, tail, scores[i], 0);
+    for (int i = 0; i < 4; i++) { /* the rest as one_query: its last n mod 4 keys alone */
+        int64_t from = by_blocks ? (n + i) & ~(int64_t)3 : j;
+        scores_from(C, Q8, a, qv + i * C, keys, lo, from, n + i, tail, scores[i], 0);
         inverse[i] = softmax(scores[i], n + i);
     }
     __m512 even[4 * (ATTN_MAX_HEAD / 16)], odd[4 * (ATTN_MAX_HEAD / 16)];
@@ -467,8 +547,9 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
 #define FOUR_C(C, Q8, kind)                                                                     \
     static TARGET __attribute__((noinline)) void four_##kind##C(                               \
         const attn_args *a, const float *const *q, const char *keys, const char *values,       \
-        int64_t lo, int64_t hi, float *const *s, float *const *o) {                            \
-        four_queries(C, Q8, a, q, keys, values, lo, hi, s, o);                                 \
+        const float *turned, const float *scales, int64_t lo, int64_t hi, float *const *s,     \
+        float *const *o) {                                                                     \
+        four_queries(C, Q8, a, q, keys, values, turned, scales, lo, hi, s, o);                 \
     }
 #define QUERY_KIND(Q8, kind)                                                                    \
     QUERY_C(1, Q8, kind) QUERY_C(2, Q8, kind) QUERY_C(3, Q8, kind) QUERY_C(4, Q8, kind)         \
@@ -487,7 +568,8 @@ typedef void (*query_fn)(const attn_args *, const float *, const char *, const c
 typedef void (*pair_fn)(const attn_args *, const float *, const float *, const char *,
                         const char *, int64_t, int64_t, float *, float *, float *, float *);
 typedef void (*four_fn)(const attn_args *, const float *const *, const char *, const char *,
-                        int64_t, int64_t, float *const *, float *const *);
+                        const float *, const float *, int64_t, int64_t, float *const *,
+                        float *const *);
 #define SIXTEEN(f, kind)                                                                        \
     {f##_##kind##1,  f##_##kind##2,  f##_##kind##3,  f##_##kind##4,  f##_##kind##5,  f##_##kind##6,  \
      f##_##kind##7,  f##_##kind##8,  f##_##kind##9,  f##_##kind##10, f##_##kind##11, f##_##kind##12, \
@@ -526,6 +608,25 @@ static TARGET void to_floats(const char *slab, int64_t P, int64_t D, int64_t bas
     }
 }
 
+/* float records [0, count) (`stride` floats apart, D = 16 × chunks) → keys turned: blocks of 16
+ * keys, [D][16] (past count: zeros), and their scales (past count: 0) */
+static TARGET void to_turned(const float *records, int64_t stride, int64_t D, int64_t count,
+                             float *turned, float *scales) {
+    for (int64_t p0 = 0; p0 < count; p0 += 16) {
+        float *block = turned + p0 * D;
+        for (int64_t d = 0; d < D; d += 16) {
+            __m512i rows[16], columns[16];
+            for (int k = 0; k < 16; k++)
+                rows[k] = p0 + k < count ? _mm512_loadu_si512(records + (p0 + k) * stride + d)
+                                         : _mm512_setzero_si512();
+            transpose(rows, columns);
+            for (int e = 0; e < 16; e++) _mm512_storeu_si512(block + (d + e) * 16, columns[e]);
+        }
+        for (int k = 0; k < 16; k++)
+            scales[p0 + k] = p0 + k < count ? records[(p0 + k) * stride + D] : 0.0f;
+    }
+}
+
 TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, int64_t t1) {
     const int64_t D = a->D, bytes = kv_bytes(a->q8);
     const int64_t slab = (b * a->row_stride + h * a->head_stride) * bytes; /* (b, h)'s start */
@@ -542,17 +643,29 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
         visible(a, b, t0, &base);
         count = most - base;
     }
-    char *space = scratch_for(score_bytes + 2 * (size_t)count * (size_t)record * sizeof(float));
+    const int chunks = (int)((D + 15) / 16), fn = chunks - 1; /* tables' */
+    /* four queries at once read the keys turned too, where the head is whole chunks */
+    int64_t padded = TURNED && count && D == 16 * chunks && chunks <= FOUR_CHUNKS
+                         ? (count + 15) & ~(int64_t)15
+                         : 0;
+    size_t record_bytes = 2 * (size_t)count * (size_t)record * sizeof(float);
+    size_t turned_bytes = (size_t)padded * (size_t)(D + 1) * sizeof(float);
+    char *space = scratch_for(score_bytes + record_bytes + turned_bytes);
     if (!space) return -1;
     float *scores = (float *)space;
     float *rows[4] = {scores, scores + stride, scores + 2 * stride, scores + 3 * stride};
     int kind = a->q8 != 0;
-    const int chunks = (int)((D + 15) / 16), fn = chunks - 1; /* tables' */
     attn_args floats;
+    float *turned = NULL, *scales = NULL;
     if (count) { /* queries index the converted records from base: their lo and hi shift */
         float *fk = (float *)(space + score_bytes), *fv = fk + count * record;
         to_floats(keys, a->pos_stride, D, base, count, fk, record);
         to_floats(values, a->pos_stride, D, base, count, fv, record);
+        if (padded) {
+            turned = (float *)(space + score_bytes + record_bytes);
+            scales = turned + padded * D;
+            to_turned(fk, record, D, count, turned, scales);
+        }
         floats = *a;
         floats.pos_stride = record;
         keys = (const char *)fk, values = (const char *)fv;
@@ -577,7 +690,8 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
                 qs[i] = q + i * a->q_stride;
                 outs[i] = out + i * a->H * D;
             }
-            fours[kind][fn](a, qs, keys, values, lo, position, rows, outs);
+            fours[kind][fn](a, qs, keys, values, lo == 0 ? turned : NULL, scales, lo, position,
+                            rows, outs);
         } else if (together == 2) {
             pairs[kind][fn](a, q, q + a->q_stride, keys, values, lo, position, rows[0], rows[1],
                            out, out + a->H * D);

@@ -43,4 +43,30 @@ static inline __attribute__((always_inline)) SIMD_TARGET __m512 gelu_tanh(__m512
                          _mm512_add_ps(_mm512_set1_ps(1.0f), t));
 }
 
+/* 16 registers of 16 dwords (register i: column i's 64 bytes) → out[j]: dword j of every column */
+static inline __attribute__((always_inline)) SIMD_TARGET void transpose(const __m512i *r,
+                                                                       __m512i *out) {
+    __m512i t[16], u[16];
+    for (int k = 0; k < 8; k++) {
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; k++) {
+        u[4 * k + 0] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    }
+    for (int e = 0; e < 4; e++) { /* u[4k + e], 128-bit lane L: dword 4L + e of rows 4k..4k+3 */
+        __m512i v0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88);
+        __m512i w0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xdd);
+        __m512i v1 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
+        __m512i w1 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xdd);
+        out[e] = _mm512_shuffle_i32x4(v0, v1, 0x88);
+        out[8 + e] = _mm512_shuffle_i32x4(v0, v1, 0xdd);
+        out[4 + e] = _mm512_shuffle_i32x4(w0, w1, 0x88);
+        out[12 + e] = _mm512_shuffle_i32x4(w0, w1, 0xdd);
+    }
+}
+
 #endif
