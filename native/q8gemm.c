@@ -569,6 +569,7 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
     const int bits, q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y, int8_t *strip) {
     const int size = bits == 8 ? Q8_BLOCK : Q4_BLOCK;
+    const int64_t wbytes = bits == 8 ? Q8_BLOCK : Q4_BLOCK / 2; /* a column's block */
     tile_config config = {.palette = 1};
     for (int i = 0; i < 8; i++) config.rows[i] = 16, config.colsb[i] = 64;
     config.colsb[4] = config.colsb[5] = (uint16_t)size; /* A: 16 columns' blocks */
@@ -589,6 +590,13 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
         for (int64_t t = 0; t < rows.MP; t += 32) {
             if (KB <= (bits == 8 ? 3 : 12)) memset(slots, 0, sizeof slots); /* slots no block reaches */
             for (int64_t b = -1; b < KB; b++) {
+                /* the first rows' pass fetches the next pair's weights into L2 as it goes, a
+                 * line of each of its columns at a time (their signing read them from memory) */
+                if (t == 0 && b >= 0 && n + 32 < n1 && (b * wbytes) % 64 == 0)
+                    for (int c = 0; c < 32; c++)
+                        _mm_prefetch((const char *)(W + pair_column(n + 32, c, n1) * KB * wbytes +
+                                                    b * wbytes),
+                                     _MM_HINT_T1);
                 /* block b + 1's tile ops go in between block b's scaling (which reads what the
                  * tiles stored a block earlier): issued as one run, the tiles' stores, last to
                  * retire, held the scaling back until the reorder buffer filled */
