@@ -556,13 +556,14 @@ def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
 
 
 @pytest.mark.parametrize("layout", [0, 1])
-@pytest.mark.parametrize("size, window", [(64, -1), (24, -1), (8, 5), (48, 30), (128, 6)])
+@pytest.mark.parametrize("size, window", [(64, -1), (24, -1), (8, 5), (48, 30), (128, 6), (64, 33)])
 def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layout, size, window):
     """As the float16 cache does: a prompt whole, in parts, or token by token beside another
     row gives every token the same bits, in either layout (the same bits in both), for head
     sizes that take 1 to 8 chunks of 16 (queries go in fours, pairs or alone) and within a
     local window. Runs of 8 queries or more read records converted to floats first, shorter
-    ones the int8 records: the same bits."""
+    ones the int8 records; four queries of whole chunks read the keys turned (the window of 33:
+    fours whose windows move apart, tokens 32-39): the same bits."""
     heads, tokens = 3, 41
     rng = np.random.default_rng(6)
     session = attention_session(heads, packed=True, window=window, layout=layout, q8=True)
