@@ -458,7 +458,8 @@ INLINE TARGET void turned_quad(const int C, const float *const *q, const float *
 }
 
 /* Four queries' scores (q[0..3], consecutive new tokens) for the keys [0, end) in blocks of 16
- * (the last block's lanes past end: scores of the zero padding, which no query reads) */
+ * (the last block's lanes past end: scores of later keys or of the zero padding, which no query
+ * reads) */
 INLINE TARGET void turned_scores(const int C, const attn_args *a, const float *const *q,
                                  const float *turned, const float *scales, int64_t end,
                                  float *const *scores) {
@@ -556,9 +557,10 @@ INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *c
     }
 }
 
-/* one_query, two_queries and four_queries with the chunk count (and the cache's kind) compile-time
- * constants, so queries and sums stay in registers (four_queries: up to FOUR_CHUNKS chunks): a
- * function per count (in one function, the compiler keeps some counts' sums on the stack) */
+/* one_query, two_queries, four_queries and windowed_four with the chunk count (and the cache's
+ * kind) compile-time constants, so queries and sums stay in registers (four_queries and
+ * windowed_four: up to FOUR_CHUNKS chunks; windowed_four: converted records only): a function per
+ * count (in one function, the compiler keeps some counts' sums on the stack) */
 #define QUERY_C(C, Q8, kind)                                                                    \
     static TARGET __attribute__((noinline)) void query_##kind##C(                              \
         const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
@@ -738,7 +740,7 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
         if (together == 4) {
             fours[kind][fn](a, qs, keys, values, lo == 0 ? turned : NULL, scales, lo, position,
                             rows, outs);
-        } else if (turned && t + 3 < t1 && position - lo >= WINDOWED_KEYS) {
+        } else if (turned && t + 3 < t1 && position - lo + 1 >= WINDOWED_KEYS) {
             /* windows that move: the scores still shared */
             int64_t los[4], his[4];
             for (int i = 0; i < 4; i++) {

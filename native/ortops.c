@@ -381,16 +381,19 @@ static OrtStatus *create_attention(const OrtCustomOp *op, const OrtApi *api,
 
 typedef struct {
     attn_args args;
-    int64_t blocks; /* query blocks per (row, head) */
+    int64_t block, blocks; /* new tokens per task, query blocks per (row, head) */
     atomic_int failed;
 } AttentionWork;
 
-/* new tokens per task: a prompt's queries spread over the threads. Each task converts the int8
+/* New tokens per task: a prompt's queries spread over the threads. Each task converts the int8
  * records its queries see once (attn_queries): 32 converted a 512-token prompt's second half's
  * records ~8 times; 128 (~2 times): one layer, 256 tokens after 256, one thread, C harness on an
- * Intel Xeon, 5.9 → 5.4 ms (medians of 60 alternated runs). Heads × rows still make the tasks
- * many (12 heads: 12 tasks for the shortest prompt). */
+ * Intel Xeon, 5.9 → 5.4 ms (medians of 60 alternated runs). Halved down to QUERY_BLOCK_LEAST
+ * while rows × heads × blocks make fewer than QUERY_TASKS tasks (the 8 runs of run_tasks get
+ * two or more each: a 100-token prompt's 12 heads make 24 tasks of 64, not 12 of 128). */
 #define QUERY_BLOCK 128
+#define QUERY_BLOCK_LEAST 32
+#define QUERY_TASKS 16
 #define ATTN_INLINE 2048
 
 static void store_task(void *data, size_t task) {
@@ -401,7 +404,7 @@ static void store_task(void *data, size_t task) {
 static void query_task(void *data, size_t task) {
     AttentionWork *w = data;
     int64_t block = (int64_t)task % w->blocks, pair = (int64_t)task / w->blocks;
-    int64_t t0 = block * QUERY_BLOCK, t1 = t0 + QUERY_BLOCK < w->args.T ? t0 + QUERY_BLOCK : w->args.T;
+    int64_t t0 = block * w->block, t1 = t0 + w->block < w->args.T ? t0 + w->block : w->args.T;
     if (attn_queries(&w->args, pair / w->args.H, pair % w->args.H, t0, t1)) w->failed = 1;
 }
 
@@ -489,7 +492,11 @@ static OrtStatus *compute_attention(void *opaque, OrtKernelContext *context) {
     a->pos_stride = blhd ? H * record : record;
     a->scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)D);
     a->window = kernel->window;
-    work.blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    work.block = QUERY_BLOCK;
+    while (work.block > QUERY_BLOCK_LEAST &&
+           B * H * ((T + work.block - 1) / work.block) < QUERY_TASKS)
+        work.block /= 2;
+    work.blocks = (T + work.block - 1) / work.block;
     /* storing is a conversion pass: threads only for a prompt's worth */
     status = run_tasks(api, context, store_task, B * H, B * T * width < (1 << 16) ? 1 : 8, &work);
     int64_t seen = 0; /* (query, position) pairs of one head: under ~ATTN_INLINE, threads cost

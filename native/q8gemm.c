@@ -562,13 +562,13 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_scale(const int
     _mm512_store_ps(y, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(dot)), wa, sum));
 }
 
-/* Block b's scaling (its dots d, its 32 columns' weight scales w, the rows' scales as0, as1 into
- * the slot sums at y: slots[..][..][slot]) with block b + 1's tile ops in between (`next`, a
- * constant: a is its A tiles, bt its B tiles, into nd). Every address a constant offset. */
+/* Block b's scaling (`scale`; 0: before the first block, tile ops only): its dots d, its 32
+ * columns' weight scales w and the rows' scales as0, as1 into the slot sums at y
+ * (slots[..][..][slot]); with block b + 1's tile ops in between (`next`: a is its A tiles, bt its
+ * B tiles, into nd). scale, first and next are constants; every address a constant offset. */
 AMX_TARGET static inline __attribute__((always_inline)) void amx_step(
     const int scale, const int first, const int next, const int size, float *y, const int32_t *d,
-    const float *w,
-    __m512 as0, __m512 as1, const int8_t *a, const int8_t *bt, int32_t *nd) {
+    const float *w, __m512 as0, __m512 as1, const int8_t *a, const int8_t *bt, int32_t *nd) {
 #define SCALE(c)                                                                               \
     if (scale) {                                                                               \
         __m512 wc = _mm512_set1_ps(w[c]);                                                      \
@@ -659,8 +659,9 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
                 const int32_t *d = dots[b & 1][0];
                 int slot = bits == 8 ? b & 3 : (b >> 2) & 3;
                 int first = bits == 8 ? b < 4 : b < 16 && !(b & 3);
-                const int8_t *a = strip + (b + 1) * 32 * size;
-                const int8_t *bt = rows.tiles + ((b + 1) * rows.MP + t) * size;
+                int next = b + 1 < KB; /* block b + 1's tiles (none past the last block) */
+                const int8_t *a = next ? strip + (b + 1) * 32 * size : NULL;
+                const int8_t *bt = next ? rows.tiles + ((b + 1) * rows.MP + t) * size : NULL;
                 int32_t *nd = dots[(b + 1) & 1][0];
                 if (b < 0) { /* the first block's tiles only */
                     __m512 none = _mm512_setzero_ps();
@@ -671,7 +672,7 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
                 __m512 as0 = _mm512_loadu_ps(sc), as1 = _mm512_loadu_ps(sc + 16);
                 float *y = slots[0][0][slot];
                 const float *w = wcol + b * 32;
-                if (b + 1 < KB) {
+                if (next) {
                     if (first) amx_step(1, 1, 1, size, y, d, w, as0, as1, a, bt, nd);
                     else amx_step(1, 0, 1, size, y, d, w, as0, as1, a, bt, nd);
                 } else {
@@ -716,7 +717,6 @@ AMX_TARGET static int amx_run(int bits, q8_rows rows, int64_t M, int64_t KB, con
     return 1;
 }
 #endif
-
 
 TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {

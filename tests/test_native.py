@@ -556,28 +556,45 @@ def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
 
 
 @pytest.mark.parametrize("layout", [0, 1])
-@pytest.mark.parametrize("size, window", [(64, -1), (24, -1), (8, 5), (48, 30), (128, 6), (64, 33)])
-def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(layout, size, window):
+@pytest.mark.parametrize(
+    "size, window, tokens",
+    [
+        (64, -1, 41),
+        (24, -1, 41),
+        (8, 5, 41),
+        (48, 30, 41),
+        (128, 6, 41),
+        (16, -1, 41),
+        (48, -1, 41),
+        (32, 40, 90),
+        (64, 33, 90),
+    ],
+)
+def test_q8_cached_attention_gives_a_token_the_same_bits_however_it_is_run(
+    layout, size, window, tokens
+):
     """As the float16 cache does: a prompt whole, in parts, or token by token beside another
     row gives every token the same bits, in either layout (the same bits in both), for head
     sizes that take 1 to 8 chunks of 16 (queries go in fours, pairs or alone) and within a
     local window. Runs of 8 queries or more read records converted to floats first, shorter
-    ones the int8 records; four queries of whole chunks read the keys turned (the window of 33:
-    fours whose windows move apart, tokens 32-39): the same bits."""
-    heads, tokens = 3, 41
+    ones the int8 records; four queries of 1-4 whole chunks read the keys turned, also where
+    their windows of 32 keys or more have moved apart (windows of 40 and 33 over 90 tokens: the
+    last part starts past the window, and the fours' first keys pass 16): the same bits."""
+    heads, positions = 3, max(64, tokens)
     rng = np.random.default_rng(6)
     session = attention_session(heads, packed=True, window=window, layout=layout, q8=True)
     qkv = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
-    whole = attend(session, qkv, q8_caches(rng, 1, heads, 64, size, [0], layout), [tokens - 1])[0]
+    fresh = q8_caches(rng, 1, heads, positions, size, [0], layout)
+    whole = attend(session, qkv, fresh, [tokens - 1])[0]
     other_layout = attention_session(heads, True, window=window, layout=1 - layout, q8=True)
-    empty = q8_caches(rng, 1, heads, 64, size, [0], 1 - layout)
+    empty = q8_caches(rng, 1, heads, positions, size, [0], 1 - layout)
     assert np.array_equal(attend(other_layout, qkv, empty, [tokens - 1])[0], whole)
-    caches, parts = q8_caches(rng, 1, heads, 64, size, [0], layout), []
-    for start, end in [(0, 16), (16, 17), (17, 22), (22, 40), (40, 41)]:
+    caches, parts = q8_caches(rng, 1, heads, positions, size, [0], layout), []
+    for start, end in [(0, 16), (16, 17), (17, 22), (22, 40), (40, tokens)]:
         parts.append(attend(session, qkv[:, start:end], caches, [end - 1])[0])
     assert np.array_equal(np.concatenate(parts), whole)
     other = rng.normal(size=(1, tokens, 3 * heads * size)).astype(np.float32)
-    pair = q8_caches(rng, 2, heads, 64, size, [0, 0], layout)
+    pair = q8_caches(rng, 2, heads, positions, size, [0, 0], layout)
     for t in range(tokens):  # row 1 another prompt, one token apart
         rows = np.concatenate([qkv[:, t : t + 1], other[:, t : t + 1]])
         assert np.array_equal(attend(session, rows, pair, [t, t])[0, 0], whole[t]), t
