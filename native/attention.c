@@ -206,15 +206,16 @@ INLINE TARGET void load_query(const int C, const float *q, __mmask16 tail, __m51
 
 /* One query (C chunks of 16 over the head size D) against positions [lo, hi] of one head's cache
  * slab. Its float sequence depends only on the query, the cache and [lo, hi] (scores_from,
- * softmax, values_from): the same whichever run or batch computes it. */
+ * softmax, values_from): the same whichever run or batch computes it. `from` (a multiple of 4):
+ * keys whose scores the caller already wrote, in those fours' sums (windowed_four). */
 INLINE TARGET void one_query(const int C, const int Q8, const attn_args *a, const float *q,
                              const char *keys, const char *values, int64_t lo, int64_t hi,
-                             float *scores, float *out, int64_t next) {
+                             int64_t from, float *scores, float *out, int64_t next) {
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 qv[ATTN_MAX_HEAD / 16], even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16];
     load_query(C, q, tail, qv);
     const int64_t n = hi - lo + 1;
-    scores_from(C, Q8, a, qv, keys, lo, 0, n, tail, scores, next);
+    scores_from(C, Q8, a, qv, keys, lo, from, n, tail, scores, next);
     __m512 inverse = softmax(scores, n);
     UNROLL
     for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
@@ -532,29 +533,19 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
 /* Four consecutive queries over the keys turned whose windows differ (query i sees [lo[i], hi[i]],
  * lo and hi never decreasing; converted records, lo relative to them): their scores in blocks
  * from lo[0]'s block to hi[3] (key k's score of query i at rows[i][k − first]; every key of a
- * query's fours takes sum4's sum, as turned_scores computes it), the last n mod 4 keys of each
- * alone as one_query, then each query's softmax and values as one_query (values are not shared:
- * each query's chains pair its own positions) */
+ * query's fours takes sum4's sum, as turned_scores computes it), then each query's last n mod 4
+ * keys, softmax and values by one_query (values are not shared: each query's chains pair its
+ * own positions) */
 INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *const *q,
                                  const char *keys, const char *values, const float *turned,
                                  const float *scales, const int64_t *lo, const int64_t *hi,
                                  float *const *rows, float *const *out) {
-    const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     const int64_t first = lo[0] & ~(int64_t)15;
     turned_scores(C, a, q, turned + first * a->D, scales + first, hi[3] + 1 - first, rows);
     UNROLL
-    for (int i = 0; i < 4; i++) {
-        float *scores = rows[i] + (lo[i] - first);
-        const int64_t n = hi[i] - lo[i] + 1;
-        __m512 qv[FOUR_CHUNKS], even[FOUR_CHUNKS], odd[FOUR_CHUNKS];
-        load_query(C, q[i], tail, qv);
-        scores_from(C, KIND_FLOATS, a, qv, keys, lo[i], n & ~(int64_t)3, n, tail, scores, 0);
-        __m512 inverse = softmax(scores, n);
-        UNROLL
-        for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
-        values_from(C, KIND_FLOATS, a, values, lo[i], 0, n, tail, scores, even, odd, inverse,
-                    out[i], 0);
-    }
+    for (int i = 0; i < 4; i++) /* the rest as one_query, from the keys' last n mod 4 */
+        one_query(C, KIND_FLOATS, a, q[i], keys, values, lo[i], hi[i],
+                  (hi[i] - lo[i] + 1) & ~(int64_t)3, rows[i] + (lo[i] - first), out[i], 0);
 }
 
 /* one_query, two_queries, four_queries and windowed_four with the chunk count (and the cache's
@@ -565,7 +556,7 @@ INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *c
     static TARGET __attribute__((noinline)) void query_##kind##C(                              \
         const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
         int64_t hi, float *scores, float *out, int64_t next) {                                 \
-        one_query(C, Q8, a, q, keys, values, lo, hi, scores, out, next);                       \
+        one_query(C, Q8, a, q, keys, values, lo, hi, 0, scores, out, next);                       \
     }                                                                                          \
     static TARGET __attribute__((noinline)) void pair_##kind##C(                               \
         const attn_args *a, const float *q0, const float *q1, const char *keys,                \

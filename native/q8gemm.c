@@ -207,6 +207,13 @@ INLINE TARGET void widen(const int8_t *codes, int16_t *even, int16_t *odd) {
 }
 #endif
 
+/* x's four dwords to `to`, to + 64, to + 128, to + 192 (an AMX B tile's lines) */
+INLINE TARGET void spread_dwords(__m128i x, int8_t *to) {
+    int32_t d[4] = {_mm_cvtsi128_si32(x), _mm_extract_epi32(x, 1), _mm_extract_epi32(x, 2),
+                    _mm_extract_epi32(x, 3)};
+    for (int e = 0; e < 4; e++) memcpy(to + 64 * e, &d[e], 4);
+}
+
 TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64_t m1,
                         q8_rows rows) {
     const __m512i zero = _mm512_setzero_si512();
@@ -240,17 +247,9 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
                 rows.tscales[tiled] = rows.scales[at];
                 int8_t *tile = rows.tiles + (((b * rows.MP + (m & ~(int64_t)15)) * Q8_BLOCK)) +
                                 (m & 15) * 4;
-                for (int j = 0; j < 16; j++) { /* from the register: reading the codes back
-                                                  * from their store stalled past 32 bytes */
-                    int32_t four;
-                    switch (j & 3) { /* _mm_extract_epi32 takes a constant */
-                    case 0: four = _mm_extract_epi32(part[j >> 2], 0); break;
-                    case 1: four = _mm_extract_epi32(part[j >> 2], 1); break;
-                    case 2: four = _mm_extract_epi32(part[j >> 2], 2); break;
-                    default: four = _mm_extract_epi32(part[j >> 2], 3); break;
-                    }
-                    memcpy(tile + 64 * j, &four, 4);
-                }
+                /* from the registers: reading the codes back from their store stalled past
+                 * 32 bytes */
+                for (int p = 0; p < 4; p++) spread_dwords(part[p], tile + 4 * 64 * p);
             }
 #ifdef ORTGEN_AVX2
             if (rows.wide) { /* rows_wide's int16 pairs */
