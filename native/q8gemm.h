@@ -26,7 +26,7 @@ typedef struct {
      * as AMX B tiles, [KB, MP / 16, block / 4, 16, 4]: block b of rows 16t … 16t + 15 is one tile
      * (1 KiB for 8 bits, 512 bytes for 4) whose line j holds the 4 codes at 4j … 4j + 3 of each of
      * its 16 rows, in `codes`' order; and the scales block-major (blocks in order), [KB, MP]. MP:
-     * M rounded up to 32 (rows past M hold anything). */
+     * M rounded up to 32 (rows past M: codes anything, scales 0, set by q8_rows_at). */
     int8_t *tiles;
     float *tscales;
     int64_t MP;
