@@ -106,6 +106,11 @@ static int wide_rows(int64_t M, int64_t block) {
 #ifndef AMX_ROWS
 #define AMX_ROWS 20
 #endif
+/* 8 bits: from this many rows up to 16 on one row tile (amx_few); fewer, the VNNI paths. A C
+ * harness (a gpt2 step's 124 MB of weights, 2 threads, alternated step by step with the VNNI
+ * groups, medians of 40 steps; the same bits): M 5 1.04-1.07 of their time, M 6 0.98, M 8
+ * 0.92-0.97, M 10 0.86, M 12 0.85, M 16 0.72-0.79 */
+#define AMX_FEW_ROWS 8
 
 #ifndef ORTGEN_AVX2
 #include <cpuid.h>
@@ -145,7 +150,8 @@ static int amx_rows(int64_t M, int64_t block) {
     (void)M, (void)block;
     return 0;
 #else
-    return (block == Q8_BLOCK || block == Q4_BLOCK) && M >= AMX_ROWS && amx_usable();
+    return (block == Q8_BLOCK ? M >= AMX_FEW_ROWS : block == Q4_BLOCK && M >= AMX_ROWS) &&
+           amx_usable();
 #endif
 }
 
@@ -156,7 +162,8 @@ size_t q8_rows_bytes(int64_t M, int64_t KB, int64_t block) {
     return round64(blocks * (size_t)block) + round64(blocks * sizeof(int32_t)) +
            round64(blocks * sizeof(float)) +
            (wide_rows(M, block) ? blocks * (size_t)block * sizeof(int16_t) : 0) +
-           (amx_rows(M, block) ? tiled * (size_t)block + tiled * sizeof(float) : 0);
+           (amx_rows(M, block) ? tiled * (size_t)block + tiled * (sizeof(float) + sizeof(int32_t))
+                               : 0);
 }
 
 q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
@@ -173,10 +180,11 @@ q8_rows q8_rows_at(void *scratch, int64_t M, int64_t KB, int64_t block) {
     if (rows.wide) at += blocks * (size_t)block * sizeof(int16_t);
     rows.M = M;
     rows.MP = round32(M);
-    rows.tiles = NULL, rows.tscales = NULL;
+    rows.tiles = NULL, rows.tscales = NULL, rows.toffsets = NULL;
     if (amx_rows(M, block)) {
         rows.tiles = (int8_t *)at;
         rows.tscales = (float *)(at + (size_t)rows.MP * (size_t)KB * (size_t)block);
+        rows.toffsets = (int32_t *)(rows.tscales + (size_t)rows.MP * (size_t)KB);
         /* the rows past M: scale 0, so that their (never stored) sums stay 0. The scratch holds
          * whatever ran before; its bits as scales made denormal and NaN products, each an assist
          * of the scaling's fmas: M 24 (8 rows past it), gpt2 shapes, 2 threads, C harness, a
@@ -251,6 +259,7 @@ TARGET void q8_quantize(const float *A, int64_t K, int64_t KB, int64_t m0, int64
             if (rows.tiles) { /* AMX's B tile: dword j of this row at line j, column m % 16 */
                 int64_t tiled = b * rows.MP + m;
                 rows.tscales[tiled] = rows.scales[at];
+                rows.toffsets[tiled] = rows.offsets[at];
                 int8_t *tile = rows.tiles + (((b * rows.MP + (m & ~(int64_t)15)) * Q8_BLOCK)) +
                                 (m & 15) * 4;
                 /* from the registers: reading the codes back from their store stalled past
@@ -721,12 +730,87 @@ AMX_TARGET static int amx_run(int bits, q8_rows rows, int64_t M, int64_t KB, con
     free(strip);
     return 1;
 }
+
+/* ---- AMX for a decode step's few rows (8 bits, COLUMN_ROWS + 1 to 16 rows: one row tile). The
+ * VNNI groups spend 16 dot instructions a row on each block of 16 columns, and turn the block in
+ * registers first; on tiles a block of 16 columns is one tile dot whatever the rows. The weights
+ * go in as they are stored: A is 16 columns' block b, lines KB × 64 bytes apart in W, unsigned
+ * (TDPBUSD: unsigned A, signed B), and C starts at the rows' offsets (−128 × the block's code
+ * sum; one line loaded 16 times, stride 0), so C[c][r] = Σ (w − 128)·a exactly, the other paths'
+ * dot. Then the scaling is theirs: slot b % 4 of column c, row r = fma(float(C[c][r]),
+ * w_scale × a_scale, slot), and y = ((slot0 + slot1) + (slot2 + slot3)) + bias: the same bits. A
+ * range's last columns short of 16 go to `group`. Block b + 1's tile ops are issued before block
+ * b's scaling, which reads the dots the tiles stored a block earlier. */
+AMX_TARGET static void amx_few(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W,
+                               const float *Ws, const float *bias, int64_t N, int64_t n0,
+                               int64_t n1, float *Y, float *wcol, float *acc) {
+    const int64_t stride = KB * Q8_BLOCK; /* bytes from one column's blocks to the next's */
+    tile_config config = {.palette = 1};
+    for (int i = 0; i < 3; i++) config.rows[i] = 16, config.colsb[i] = 64;
+    _tile_loadconfig(&config);
+    int32_t dots[2][16][16] __attribute__((aligned(64))); /* [block & 1][column][row] */
+    float slots[16][4][16] __attribute__((aligned(64)));  /* [column][slot][row] */
+    int64_t n = n0;
+    for (; n + 16 <= n1; n += 16) {
+        for (int c = 0; c < 16; c++) /* the group's weight scales, block-major [KB][16] */
+            for (int64_t b = 0; b < KB; b++) wcol[b * 16 + c] = Ws[(n + c) * KB + b];
+        if (KB < 4) memset(slots, 0, sizeof slots); /* slots no block reaches */
+        const uint8_t *A = W + n * stride;
+        for (int64_t b = -1; b < KB; b++) {
+            if (b + 1 < KB) { /* block b + 1's dots; the next group's 16 columns (one run of
+                                 16 × KB lines) into L2, in order, 16 lines a block */
+                for (int c = 0; c < 16; c++)
+                    _mm_prefetch((const char *)(A + 16 * stride + ((b + 1) * 16 + c) * 64),
+                                 _MM_HINT_T1);
+                _mm_prefetch((const char *)(Ws + (n + 16) * KB + (b + 1) * 16), _MM_HINT_T1);
+                _tile_loadd(0, rows.toffsets + (b + 1) * rows.MP, 0);
+                _tile_loadd(1, A + (b + 1) * Q8_BLOCK, stride);
+                _tile_loadd(2, rows.tiles + (b + 1) * rows.MP * Q8_BLOCK, 64);
+                _tile_dpbusd(0, 1, 2);
+                _tile_stored(0, dots[(b + 1) & 1], 64);
+                TILE_FENCE();
+            }
+            if (b < 0) continue;
+            const __m512 as = _mm512_loadu_ps(rows.tscales + b * rows.MP);
+            const float *w = wcol + b * 16;
+            const int slot = (int)(b & 3);
+            for (int c = 0; c < 16; c++) {
+                __m512 d = _mm512_cvtepi32_ps(_mm512_load_si512(dots[b & 1][c]));
+                __m512 sum = b < 4 ? _mm512_setzero_ps() : _mm512_load_ps(slots[c][slot]);
+                _mm512_store_ps(slots[c][slot],
+                                _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_set1_ps(w[c]), as), sum));
+            }
+        }
+        __m512i v[16], out[16];
+        for (int c = 0; c < 16; c++) {
+            const float(*sl)[16] = slots[c];
+            __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(sl[0]), _mm512_load_ps(sl[1])),
+                                     _mm512_add_ps(_mm512_load_ps(sl[2]), _mm512_load_ps(sl[3])));
+            if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[n + c]));
+            v[c] = _mm512_castps_si512(y);
+        }
+        transpose(v, out); /* out[r]: row r's 16 columns */
+        for (int64_t r = 0; r < M; r++) _mm512_storeu_ps(Y + r * N + n, _mm512_castsi512_ps(out[r]));
+    }
+    _tile_release();
+    if (n < n1) group(rows, 0, M, KB, W, Ws, bias, N, n, (int)(n1 - n), Y, acc);
+}
 #endif
 
 TARGET void q8_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float *Ws,
                     const float *bias, int64_t N, int64_t n0, int64_t n1, float *Y) {
 #ifndef ORTGEN_AVX2
-    if (rows.tiles && amx_run(8, rows, M, KB, W, Ws, bias, N, n0, n1, Y)) return;
+    if (rows.tiles && M <= 16) { /* one row tile (8 bits: from AMX_FEW_ROWS) */
+        float *wcol = aligned_alloc(64, (size_t)KB * 16 * sizeof(float));
+        if (wcol) {
+            float acc[16 * 64] __attribute__((aligned(64)));
+            amx_few(rows, M, KB, W, Ws, bias, N, n0, n1, Y, wcol, acc);
+            free(wcol);
+            return;
+        }
+    } else if (rows.tiles && amx_run(8, rows, M, KB, W, Ws, bias, N, n0, n1, Y)) {
+        return;
+    }
 #endif
     if (M <= COLUMN_ROWS) { /* few rows: stream each column once, no transpose */
         const int64_t prefetch = Q8_PREFETCH; /* a CPU check: once a call, not once a column */

@@ -22,13 +22,15 @@ typedef struct {
     int16_t *wide;    /* AVX2, 8 bits, more than a few rows: [KB, M, 64] the codes as int16, per
                          block its even-indexed ones, then its odd-indexed ones; else NULL */
     int64_t M;        /* rows: wide holds block b of row m at (b × M + m) × 64 */
-    /* AVX-512 build, AMX_ROWS rows or more on a CPU with AMX-INT8 (else NULL): the codes again
+    /* AVX-512 build on a CPU with AMX-INT8, 8 bits from AMX_FEW_ROWS rows, 4 bits from AMX_ROWS
+     * (else NULL): the codes again
      * as AMX B tiles, [KB, MP / 16, block / 4, 16, 4]: block b of rows 16t … 16t + 15 is one tile
      * (1 KiB for 8 bits, 512 bytes for 4) whose line j holds the 4 codes at 4j … 4j + 3 of each of
      * its 16 rows, in `codes`' order; and the scales block-major (blocks in order), [KB, MP]. MP:
      * M rounded up to 32 (rows past M: codes anything, scales 0, set by q8_rows_at). */
     int8_t *tiles;
     float *tscales;
+    int32_t *toffsets; /* 8 bits: the offsets block-major, [KB, MP] (4 bits: unset) */
     int64_t MP;
 } q8_rows;
 
@@ -51,7 +53,7 @@ void q4_gemm(q8_rows rows, int64_t M, int64_t KB, const uint8_t *W, const float 
 void q8_gelu(float *Y, int64_t M, int64_t N, int64_t n0, int64_t n1);
 /* 1 when this CPU has AVX-512 F/BW/VL and VNNI (and the OS saves their state) */
 int q8_supported(void);
-/* 1 when GEMMs of AMX_ROWS rows or more run on AMX tiles: the CPU has AMX-INT8, the OS
+/* 1 when GEMMs of AMX_FEW_ROWS rows or more (4 bits: AMX_ROWS) run on AMX tiles: the CPU has AMX-INT8, the OS
  * grants it, and ORTGEN_AMX is not 0 (the same bits either way) */
 int q8_amx(void);
 

@@ -203,8 +203,10 @@ print(ctypes.CDLL(kernels.library()).ortgen_kernels_amx())
 
 
 def amx_batch() -> np.ndarray:
-    """8-bit and 4-bit Q8MatMuls over 20, 33 and 70 rows (the tiles' path where AMX runs), N 50:
-    a partial second column tile, K 320: five 8-bit blocks, ten 4-bit ones (slots left empty)"""
+    """8-bit and 4-bit Q8MatMuls over 8, 13, 20, 33 and 70 rows (the tiles' paths where AMX runs:
+    8 bits from 8 rows, one row tile up to 16; 4 bits from 20), N 50: a partial second column
+    tile (few rows: 2 columns past 3 full groups), K 320: five 8-bit blocks, ten 4-bit ones (slots
+    left empty)"""
     rng = np.random.default_rng(5)
     a = (rng.normal(size=(70, 320)) * rng.uniform(0.1, 10, size=(70, 1))).astype(np.float32)
     out = []
@@ -212,7 +214,7 @@ def amx_batch() -> np.ndarray:
         data, scales, _ = packed(rng.normal(size=(50, 320)).astype(np.float32), bits)
         bias = rng.normal(size=50).astype(np.float32)
         session = q8_session(data, scales, bias, 320, bits=bits)
-        out += [session.run(None, {"A": a[:rows]})[0] for rows in (20, 33, 70)]
+        out += [session.run(None, {"A": a[:rows]})[0] for rows in (8, 13, 20, 33, 70)]
     return np.concatenate(out)
 
 
