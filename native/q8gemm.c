@@ -731,7 +731,7 @@ AMX_TARGET static int amx_run(int bits, q8_rows rows, int64_t M, int64_t KB, con
     return 1;
 }
 
-/* ---- AMX for a decode step's few rows (8 bits, COLUMN_ROWS + 1 to 16 rows: one row tile). The
+/* ---- AMX for a decode step's few rows (8 bits, AMX_FEW_ROWS to 16 rows: one row tile). The
  * VNNI groups spend 16 dot instructions a row on each block of 16 columns, and turn the block in
  * registers first; on tiles a block of 16 columns is one tile dot whatever the rows. The weights
  * go in as they are stored: A is 16 columns' block b, lines KB × 64 bytes apart in W, unsigned
@@ -756,13 +756,15 @@ AMX_TARGET static void amx_few(q8_rows rows, int64_t M, int64_t KB, const uint8_
             for (int64_t b = 0; b < KB; b++) wcol[b * 16 + c] = Ws[(n + c) * KB + b];
         if (KB < 4) memset(slots, 0, sizeof slots); /* slots no block reaches */
         const uint8_t *A = W + n * stride;
+        const int ahead = n + 32 <= N; /* a whole next group in W */
         for (int64_t b = -1; b < KB; b++) {
             if (b + 1 < KB) { /* block b + 1's dots; the next group's 16 columns (one run of
                                  16 × KB lines) into L2, in order, 16 lines a block */
-                for (int c = 0; c < 16; c++)
+                for (int c = 0; ahead && c < 16; c++)
                     _mm_prefetch((const char *)(A + 16 * stride + ((b + 1) * 16 + c) * 64),
                                  _MM_HINT_T1);
-                _mm_prefetch((const char *)(Ws + (n + 16) * KB + (b + 1) * 16), _MM_HINT_T1);
+                if (ahead)
+                    _mm_prefetch((const char *)(Ws + (n + 16) * KB + (b + 1) * 16), _MM_HINT_T1);
                 _tile_loadd(0, rows.toffsets + (b + 1) * rows.MP, 0);
                 _tile_loadd(1, A + (b + 1) * Q8_BLOCK, stride);
                 _tile_loadd(2, rows.tiles + (b + 1) * rows.MP * Q8_BLOCK, 64);
