@@ -135,8 +135,9 @@ INLINE void fetch_ahead(const char *at, int64_t span, int64_t next) {
 }
 
 /* A query's scores, continued from key j (a multiple of 4) to n: keys go in fours from lo, the
- * rest one by one. → where the fours ended. `next` (≠ 0: a lone query): bytes from these keys to
- * the next (row, head)'s (fetch_ahead; values_from does the same with values). */
+ * rest one by one. → where the fours ended. `next` (≠ 0 only for a lone query, and only where a
+ * (row, head) follows): bytes from these keys to the next (row, head)'s (fetch_ahead;
+ * values_from does the same with values). */
 INLINE TARGET void scores_from(const int C, const int Q8, const attn_args *a, const __m512 *qv,
                                const char *keys, int64_t lo, int64_t j, int64_t n,
                                __mmask16 tail, float *scores, int64_t next) {
@@ -565,7 +566,7 @@ INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *c
     static TARGET __attribute__((noinline)) void query_##kind##C(                              \
         const attn_args *a, const float *q, const char *keys, const char *values, int64_t lo,  \
         int64_t hi, float *scores, float *out, int64_t next) {                                 \
-        one_query(C, Q8, a, q, keys, values, lo, hi, 0, scores, out, next);                       \
+        one_query(C, Q8, a, q, keys, values, lo, hi, 0, scores, out, next);                    \
     }                                                                                          \
     static TARGET __attribute__((noinline)) void pair_##kind##C(                               \
         const attn_args *a, const float *q0, const float *q1, const char *keys,                \

@@ -576,6 +576,37 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_scale(const int
     _mm512_store_ps(y, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(dot)), wa, sum));
 }
 
+/* columns [n, n + width)'s weight scales (past n1 the last column's again), block-major:
+ * wcol[b × width + c] */
+AMX_TARGET static void block_major(const float *Ws, int64_t KB, int64_t n, int64_t n1, int width,
+                                   float *wcol) {
+    for (int c = 0; c < width; c++) {
+        const float *ws = Ws + pair_column(n, c, n1) * KB;
+        for (int64_t b = 0; b < KB; b++) wcol[b * width + c] = ws[b];
+    }
+}
+
+/* One row tile's sums of 16 columns (sums[c][slot][row]) → y = ((slot0 + slot1) + (slot2 +
+ * slot3)) + bias (bias: the first column's, or NULL), stored for the first `columns` columns and
+ * `rows` rows at Y (rows N floats apart) */
+AMX_TARGET static inline __attribute__((always_inline)) void amx_store(const float (*sums)[4][16],
+                                                                      const float *bias,
+                                                                      int columns, int64_t rows,
+                                                                      float *Y, int64_t N) {
+    __m512i v[16], out[16];
+    for (int c = 0; c < 16; c++) {
+        const float(*s)[16] = sums[c];
+        __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(s[0]), _mm512_load_ps(s[1])),
+                                 _mm512_add_ps(_mm512_load_ps(s[2]), _mm512_load_ps(s[3])));
+        if (bias && c < columns) y = _mm512_add_ps(y, _mm512_set1_ps(bias[c]));
+        v[c] = _mm512_castps_si512(y);
+    }
+    transpose(v, out); /* out[r]: row r's 16 columns */
+    __mmask16 keep = (__mmask16)((1u << columns) - 1);
+    for (int64_t r = 0; r < rows; r++)
+        _mm512_mask_storeu_ps(Y + r * N, keep, _mm512_castsi512_ps(out[r]));
+}
+
 /* Block b's scaling (`scale`; 0: before the first block, tile ops only): its dots d, its 32
  * columns' weight scales w and the rows' scales as0, as1 into the slot sums at y
  * (slots[..][..][slot]); with block b + 1's tile ops in between (`next`: a is its A tiles, bt its
@@ -651,10 +682,7 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
         int cols[2] = {n1 - n < 16 ? (int)(n1 - n) : 16,
                        n1 - n <= 16 ? 0 : n1 - n < 32 ? (int)(n1 - n - 16) : 16};
         int two = cols[1] > 0;
-        for (int c = 0; c < 32; c++) { /* the pair's weight scales, block-major [KB][32] */
-            const float *ws = Ws + pair_column(n, c, n1) * KB;
-            for (int64_t b = 0; b < KB; b++) wcol[b * 32 + c] = ws[b];
-        }
+        block_major(Ws, KB, n, n1, 32, wcol); /* the pair's weight scales, [KB][32] */
         (bits == 8 ? amx_strip : amx_strip4)(W, KB, n, n1, strip);
         TILE_FENCE();
         for (int64_t t = 0; t < rows.MP; t += 32) {
@@ -694,24 +722,12 @@ AMX_TARGET static inline __attribute__((always_inline)) void amx_gemm(
                     else amx_step(1, 0, 0, size, y, d, w, as0, as1, a, bt, nd);
                 }
             }
-            for (int i = 0; i <= two; i++) {
-                __mmask16 keep = (__mmask16)((1u << cols[i]) - 1);
+            for (int i = 0; i <= two; i++)
                 for (int j = 0; j < 2; j++) {
                     int64_t m0 = t + 16 * j, here = M - m0 < 16 ? M - m0 : 16;
-                    __m512i v[16], out[16];
-                    for (int c = 0; c < 16; c++) {
-                        const float(*s)[16] = slots[2 * i + j][c];
-                        __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(s[0]), _mm512_load_ps(s[1])),
-                                                 _mm512_add_ps(_mm512_load_ps(s[2]), _mm512_load_ps(s[3])));
-                        if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[pair_column(n, 16 * i + c, n1)]));
-                        v[c] = _mm512_castps_si512(y);
-                    }
-                    transpose(v, out); /* out[r]: row r's 16 columns */
-                    for (int r = 0; r < here; r++)
-                        _mm512_mask_storeu_ps(Y + (m0 + r) * N + n + 16 * i, keep,
-                                              _mm512_castsi512_ps(out[r]));
+                    amx_store(slots[2 * i + j], bias ? bias + n + 16 * i : NULL, cols[i], here,
+                              Y + m0 * N + n + 16 * i, N);
                 }
-            }
         }
     }
     _tile_release();
@@ -752,8 +768,7 @@ AMX_TARGET static void amx_few(q8_rows rows, int64_t M, int64_t KB, const uint8_
     float slots[16][4][16] __attribute__((aligned(64)));  /* [column][slot][row] */
     int64_t n = n0;
     for (; n + 16 <= n1; n += 16) {
-        for (int c = 0; c < 16; c++) /* the group's weight scales, block-major [KB][16] */
-            for (int64_t b = 0; b < KB; b++) wcol[b * 16 + c] = Ws[(n + c) * KB + b];
+        block_major(Ws, KB, n, n1, 16, wcol); /* the group's weight scales, [KB][16] */
         if (KB < 4) memset(slots, 0, sizeof slots); /* slots no block reaches */
         const uint8_t *A = W + n * stride;
         const int ahead = n + 32 <= N; /* a whole next group in W */
@@ -783,16 +798,7 @@ AMX_TARGET static void amx_few(q8_rows rows, int64_t M, int64_t KB, const uint8_
                                 _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_set1_ps(w[c]), as), sum));
             }
         }
-        __m512i v[16], out[16];
-        for (int c = 0; c < 16; c++) {
-            const float(*sl)[16] = slots[c];
-            __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(sl[0]), _mm512_load_ps(sl[1])),
-                                     _mm512_add_ps(_mm512_load_ps(sl[2]), _mm512_load_ps(sl[3])));
-            if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[n + c]));
-            v[c] = _mm512_castps_si512(y);
-        }
-        transpose(v, out); /* out[r]: row r's 16 columns */
-        for (int64_t r = 0; r < M; r++) _mm512_storeu_ps(Y + r * N + n, _mm512_castsi512_ps(out[r]));
+        amx_store(slots, bias ? bias + n : NULL, 16, M, Y + n, N);
     }
     _tile_release();
     if (n < n1) group(rows, 0, M, KB, W, Ws, bias, N, n, (int)(n1 - n), Y, acc);
