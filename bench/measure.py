@@ -29,6 +29,8 @@ WORKLOADS = {
     "w4": W4,
     "w5": W5,
     **{f"past{p}": dict(batch=1, prompt=p, new=STEPS + 1) for p in PASTS},
+    # ortgen only: a step at past 900 ÷ at past 16, the two alternated in one process
+    "flat": dict(batch=1, prompt=PASTS[-1], new=STEPS + 1),
 }
 SEED = 0
 
@@ -61,6 +63,27 @@ class Ortgen:
 
         speed = measure(self.generator, prompt_tokens=past, new_tokens=STEPS + 1, rounds=1)
         return speed.token_latency_ms["p50"]
+
+    def flatness(self) -> float:
+        """Decode step time late in a long context ÷ early, in one process: two decode states, one
+        after a 900-token prompt and one after 16, their greedy steps alternated (the machine's
+        speed drifts over seconds, which separate processes measure apart); the ratio of the two
+        states' median step times."""
+        import numpy as np
+
+        from ortgen.decode_state import DecodeState
+
+        states, logits, times = [], [], ([], [])
+        for past in (PASTS[0], PASTS[-1]):
+            states.append(DecodeState.for_model(self.generator.model))
+            logits.append(states[-1].prefill(prompts(1, past)))
+        for step in range(STEPS):
+            for k in (0, 1) if step % 2 == 0 else (1, 0):
+                ids = np.argmax(logits[k], axis=-1)
+                start = time.perf_counter()
+                logits[k] = states[k].step(ids)
+                times[k].append(time.perf_counter() - start)
+        return statistics.median(times[1]) / statistics.median(times[0])
 
 
 class LlamaCpp:
@@ -237,6 +260,8 @@ def value_of(runner, workload: str, shape: dict) -> tuple[float, str]:
     sampling = shape.get("sampling")
     if workload.startswith("past"):
         return runner.step_ms(shape["prompt"]), "ms"
+    if workload == "flat":
+        return runner.flatness(), "×"
     if workload == "w2":
         return timed(runner, batch, new, sampling) * 1e3, "ms"
     if workload == "w4":  # prefill and first token timed apart, then subtracted: every system alike

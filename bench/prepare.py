@@ -113,7 +113,8 @@ def builders(arch: str, checkpoint: Path) -> dict[str, tuple[Path, Callable[[], 
 def workloads_of(system: str) -> tuple[str, ...]:
     # llama-cpp-python has no batch API: W3 would be W3 one prompt at a time.
     names = tuple(w for w in WORKLOAD_NAMES if not (system.startswith("llamacpp") and w == "w3"))
-    return names + (SCALING if system in SCALED_SYSTEMS else ())
+    scaling = SCALING if system in SCALED_SYSTEMS else ()
+    return names + scaling + (("flat",) if system == "ortgen-int8" else ())
 
 
 def prepare(arch: str, wanted: set[str] | None = None) -> dict[str, dict]:

@@ -43,9 +43,11 @@ def measure(system: str, spec: dict, workload: str) -> dict:
 
 def unit(workload: str) -> str:
     """Measurements made back to back in a round: one workload's, every system and model alike
-    (the probe beside W1, the decode-step scaling's past lengths together), so the ratios the
-    report takes per round compare measurements made minutes apart at most."""
-    return "w1" if workload == "bw" else "past" if workload.startswith("past") else workload
+    (the probe beside W1, the decode-step scaling's past lengths and ortgen's flatness together),
+    so the ratios the report takes per round compare measurements made minutes apart at most."""
+    if workload == "bw":
+        return "w1"
+    return "past" if workload.startswith("past") or workload == "flat" else workload
 
 
 def run_rounds(systems_by_arch: dict, workloads: set[str] | None, rounds: int, seed: int) -> dict:

@@ -102,15 +102,12 @@ INLINE TARGET __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
 }
 
-/* q · key for C chunks of 16 (the last one masked by `tail`); Q8: the codes' dot */
-INLINE TARGET __m512 dot(const int C, const int Q8, const __m512 *q, const char *key,
-                         __mmask16 tail) {
-    const int64_t bytes = kv_bytes(Q8);
-    __m512 acc = _mm512_mul_ps(q[0], load_kv(Q8, key, C == 1 ? tail : 0xFFFF));
+/* q · key (float16) for C chunks of 16 (the last one masked by `tail`) */
+INLINE TARGET __m512 dot(const int C, const __m512 *q, const char *key, __mmask16 tail) {
+    __m512 acc = _mm512_mul_ps(q[0], load_kv(0, key, C == 1 ? tail : 0xFFFF));
     UNROLL
     for (int c = 1; c < C; c++)
-        acc = _mm512_fmadd_ps(q[c], load_kv(Q8, key + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF),
-                              acc);
+        acc = _mm512_fmadd_ps(q[c], load_kv(0, key + 32 * c, c == C - 1 ? tail : 0xFFFF), acc);
     return acc;
 }
 
@@ -134,28 +131,110 @@ INLINE void fetch_ahead(const char *at, int64_t span, int64_t next) {
     }
 }
 
-/* A query's scores, continued from key j (a multiple of 4) to n: keys go in fours from lo, the
- * rest one by one. → where the fours ended. `next` (≠ 0 only for a lone query, and only where a
- * (row, head) follows): bytes from these keys to the next (row, head)'s (fetch_ahead;
- * values_from does the same with values). */
-INLINE TARGET void scores_from(const int C, const int Q8, const attn_args *a, const __m512 *qv,
+/* ---- Integer scores over int8 records. A query is quantized as a key is (store_codes: codes,
+ * scale), and its score of a key is the exact integer dot of their codes (|dot| ≤ D × 127² < 2^24,
+ * so its float is exact too), then ((float)dot × the key's scale) × (the query's scale × the score
+ * scale): whichever path, grouping or build takes the dot, the same bits. VNNI multiplies unsigned
+ * by signed bytes: keys enter as code + 128 (xor 0x80) and the query's offset −128 Σ codes takes
+ * the 128s back out (dot_w8; the AVX2 build's takes them out itself, offset 0). A 64-byte key
+ * chunk is one dot instruction where floats took four multiplies and four conversions. */
+typedef struct {
+    int8_t codes[ATTN_MAX_HEAD] __attribute__((aligned(64))); /* zero past D */
+    float factor;   /* the query's scale × the score scale */
+    int32_t offset; /* added to every dot */
+} q8_query;
+
+static TARGET void quantize_query(const attn_args *a, const float *q, q8_query *out) {
+    char record[ATTN_MAX_HEAD + ATTN_SCALE_BYTES];
+    store_codes(q, a->D, record);
+    float scale;
+    memcpy(&scale, record + a->D, sizeof scale);
+    memset(out->codes, 0, sizeof out->codes);
+    memcpy(out->codes, record, (size_t)a->D);
+    int32_t sum = 0;
+    for (int64_t d = 0; d < a->D; d++) sum += out->codes[d];
+    out->offset = Q8_W8_OFFSETS ? -128 * sum : 0;
+    out->factor = scale * a->scale;
+}
+
+/* the byte lanes of a head's last 64-byte chunk (D bytes in all) */
+static __mmask64 chunk_bytes(int64_t D) {
+    int64_t rest = D - 64 * ((D - 1) / 64);
+    return rest >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << rest) - 1);
+}
+
+/* Four 16-lane integer sums → their four totals (lanes 0–3) */
+INLINE TARGET __m128i sum4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
+    __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    __m512i abcd =
+        _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+}
+
+/* a query's codes · a key record's codes (C chunks of 16 values: (C + 3) / 4 chunks of 64
+ * bytes, the last one's lanes `tail`), in 16 lanes to be summed */
+INLINE TARGET __m512i key_dot(const int C, const q8_query *q, const char *key, __mmask64 tail) {
+    const int chunks = (C + 3) / 4;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i acc = _mm512_setzero_si512();
+    UNROLL
+    for (int c = 0; c < chunks; c++) {
+        __m512i k = _mm512_maskz_loadu_epi8(c == chunks - 1 ? tail : ~(__mmask64)0, key + 64 * c);
+        acc = dot_w8(acc, _mm512_xor_si512(k, flip), _mm512_loadu_si512(q->codes + 64 * c));
+    }
+    return acc;
+}
+
+/* A query's scores of int8 key records (P bytes apart), continued from key j to n: keys in fours
+ * from lo, the rest one by one. `next` as scores_from's. */
+INLINE TARGET void int_scores(const int C, const attn_args *a, const q8_query *q,
+                              const char *keys, int64_t P, int64_t lo, int64_t j, int64_t n,
+                              float *scores, int64_t next) {
+    const __mmask64 tail = chunk_bytes(a->D);
+    const __m128i offset = _mm_set1_epi32(q->offset);
+    const __m128 factor = _mm_set1_ps(q->factor);
+    for (; j + 4 <= n; j += 4) {
+        const char *key = keys + (lo + j) * P;
+        if (next) fetch_ahead(key, 4 * P, next);
+        __m128i dots = sum4_epi32(key_dot(C, q, key, tail), key_dot(C, q, key + P, tail),
+                                  key_dot(C, q, key + 2 * P, tail),
+                                  key_dot(C, q, key + 3 * P, tail));
+        __m128 f = _mm_cvtepi32_ps(_mm_add_epi32(dots, offset));
+        _mm_storeu_ps(scores + j, _mm_mul_ps(_mm_mul_ps(f, four_scales(1, key, P, a->D)), factor));
+    }
+    for (; j < n; j++) {
+        const char *key = keys + (lo + j) * P;
+        int32_t dot = _mm512_reduce_add_epi32(key_dot(C, q, key, tail)) + q->offset;
+        scores[j] = ((float)dot * record_scale(1, key, a->D)) * q->factor;
+    }
+}
+
+/* bytes from one int8 key record to the next: the cache's, or where attn_queries converted the
+ * values to floats, the stride it kept */
+INLINE int64_t key_stride(const int Q8, const attn_args *a) {
+    return Q8 == KIND_FLOATS ? a->key_stride : a->pos_stride;
+}
+
+/* A query's scores of float16 keys, continued from key j (a multiple of 4) to n: keys go in fours
+ * from lo, the rest one by one. `next` (≠ 0 only for a lone query, and only where a (row, head)
+ * follows): bytes from these keys to the next (row, head)'s (fetch_ahead; values_from and
+ * int_scores do the same). */
+INLINE TARGET void scores_from(const int C, const attn_args *a, const __m512 *qv,
                                const char *keys, int64_t lo, int64_t j, int64_t n,
                                __mmask16 tail, float *scores, int64_t next) {
-    const int64_t P = a->pos_stride * kv_bytes(Q8); /* bytes */
+    const int64_t P = a->pos_stride * kv_bytes(0); /* bytes */
     const __m128 scale4 = _mm_set1_ps(a->scale);
     for (; j + 4 <= n; j += 4) {
         const char *key = keys + (lo + j) * P;
         if (next) fetch_ahead(key, 4 * P, next);
-        __m128 four = sum4(dot(C, Q8, qv, key, tail), dot(C, Q8, qv, key + P, tail),
-                           dot(C, Q8, qv, key + 2 * P, tail), dot(C, Q8, qv, key + 3 * P, tail));
-        if (Q8) four = _mm_mul_ps(four, four_scales(Q8, key, P, a->D));
+        __m128 four = sum4(dot(C, qv, key, tail), dot(C, qv, key + P, tail),
+                           dot(C, qv, key + 2 * P, tail), dot(C, qv, key + 3 * P, tail));
         _mm_storeu_ps(scores + j, _mm_mul_ps(four, scale4));
     }
-    for (; j < n; j++) {
-        const char *key = keys + (lo + j) * P;
-        float score = _mm512_reduce_add_ps(dot(C, Q8, qv, key, tail));
-        scores[j] = (Q8 ? score * record_scale(Q8, key, a->D) : score) * a->scale;
-    }
+    for (; j < n; j++)
+        scores[j] = _mm512_reduce_add_ps(dot(C, qv, keys + (lo + j) * P, tail)) * a->scale;
 }
 
 /* softmax weights in place (unnormalized) → 1 / their sum */
@@ -216,33 +295,35 @@ INLINE TARGET void load_query(const int C, const float *q, __mmask16 tail, __m51
 
 /* One query (C chunks of 16 over the head size D) against positions [lo, hi] of one head's cache
  * slab. Its float sequence depends only on the query, the cache and [lo, hi] (scores_from,
- * softmax, values_from): the same whichever run or batch computes it. `from` (a multiple of 4):
- * keys whose scores the caller already wrote, in those fours' sums (windowed_four). */
+ * softmax, values_from): the same whichever run or batch computes it. `from`: keys whose
+ * scores the caller already wrote (windowed_four: all; the half cache: 0). */
 INLINE TARGET void one_query(const int C, const int Q8, const attn_args *a, const float *q,
                              const char *keys, const char *values, int64_t lo, int64_t hi,
                              int64_t from, float *scores, float *out, int64_t next) {
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
-    __m512 qv[ATTN_MAX_HEAD / 16], even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16];
-    load_query(C, q, tail, qv);
+    __m512 even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16];
     const int64_t n = hi - lo + 1;
-    scores_from(C, Q8, a, qv, keys, lo, from, n, tail, scores, next);
+    if (Q8) {
+        q8_query qc;
+        quantize_query(a, q, &qc);
+        int_scores(C, a, &qc, keys, key_stride(Q8, a), lo, from, n, scores, next);
+    } else {
+        __m512 qv[ATTN_MAX_HEAD / 16];
+        load_query(C, q, tail, qv);
+        scores_from(C, a, qv, keys, lo, from, n, tail, scores, next);
+    }
     __m512 inverse = softmax(scores, n);
     UNROLL
     for (int c = 0; c < C; c++) even[c] = odd[c] = _mm512_setzero_ps();
     values_from(C, Q8, a, values, lo, 0, n, tail, scores, even, odd, inverse, out, next);
 }
 
-/* Two queries from [lo, hi] and [lo, hi + 1] (consecutive new tokens, no window between them):
- * the same float sequences as one_query gives each, but each cached key or value is loaded and
- * converted once for both, while the two share positions (a prompt reads its cache half as
- * often). */
-INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, const float *q0,
-                               const float *q1, const char *keys, const char *values,
-                               int64_t lo, int64_t hi, float *scores0, float *scores1,
-                               float *out0, float *out1) {
-    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
-    const int64_t n = hi - lo + 1; /* the second query sees n + 1 */
-    const __mmask16 tail = lanes(a->D - 16 * (C - 1));
+/* The scores of two queries (float16 keys) from [lo, lo + n) and [lo, lo + n]: each key loaded
+ * and converted once for both while they share it, the same sums as scores_from's */
+INLINE TARGET void two_scores(const int C, const attn_args *a, const float *q0, const float *q1,
+                              const char *keys, int64_t lo, int64_t n, __mmask16 tail,
+                              float *scores0, float *scores1) {
+    const int64_t P = a->pos_stride * kv_bytes(0);
     __m512 qa[ATTN_MAX_HEAD / 16], qb[ATTN_MAX_HEAD / 16];
     load_query(C, q0, tail, qa);
     load_query(C, q1, tail, qb);
@@ -253,33 +334,49 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
         __m512 da[4], db[4];
         UNROLL
         for (int i = 0; i < 4; i++) {
-            __m512 k = load_kv(Q8, key + i * P, C == 1 ? tail : 0xFFFF);
+            __m512 k = load_kv(0, key + i * P, C == 1 ? tail : 0xFFFF);
             da[i] = _mm512_mul_ps(qa[0], k);
             db[i] = _mm512_mul_ps(qb[0], k);
             UNROLL
             for (int c = 1; c < C; c++) {
-                k = load_kv(Q8, key + i * P + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF);
+                k = load_kv(0, key + i * P + 32 * c, c == C - 1 ? tail : 0xFFFF);
                 da[i] = _mm512_fmadd_ps(qa[c], k, da[i]);
                 db[i] = _mm512_fmadd_ps(qb[c], k, db[i]);
             }
         }
-        __m128 fa = sum4(da[0], da[1], da[2], da[3]), fb = sum4(db[0], db[1], db[2], db[3]);
-        if (Q8) {
-            __m128 scales = four_scales(Q8, key, P, a->D);
-            fa = _mm_mul_ps(fa, scales);
-            fb = _mm_mul_ps(fb, scales);
-        }
-        _mm_storeu_ps(scores0 + j, _mm_mul_ps(fa, scale4));
-        _mm_storeu_ps(scores1 + j, _mm_mul_ps(fb, scale4));
+        _mm_storeu_ps(scores0 + j, _mm_mul_ps(sum4(da[0], da[1], da[2], da[3]), scale4));
+        _mm_storeu_ps(scores1 + j, _mm_mul_ps(sum4(db[0], db[1], db[2], db[3]), scale4));
     }
-    scores_from(C, Q8, a, qa, keys, lo, j, n, tail, scores0, 0);
-    scores_from(C, Q8, a, qb, keys, lo, j, n + 1, tail, scores1, 0);
+    scores_from(C, a, qa, keys, lo, j, n, tail, scores0, 0);
+    scores_from(C, a, qb, keys, lo, j, n + 1, tail, scores1, 0);
+}
+
+/* Two queries from [lo, hi] and [lo, hi + 1] (consecutive new tokens, no window between them):
+ * the same float sequences as one_query gives each, but each cached value (and float16 key) is
+ * loaded and converted once for both, while the two share positions. */
+INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, const float *q0,
+                               const float *q1, const char *keys, const char *values,
+                               int64_t lo, int64_t hi, float *scores0, float *scores1,
+                               float *out0, float *out1) {
+    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
+    const int64_t n = hi - lo + 1; /* the second query sees n + 1 */
+    const __mmask16 tail = lanes(a->D - 16 * (C - 1));
+    if (Q8) { /* integer scores, each query's own (its keys come from L1 the second time) */
+        q8_query qa, qb;
+        quantize_query(a, q0, &qa);
+        quantize_query(a, q1, &qb);
+        int_scores(C, a, &qa, keys, key_stride(Q8, a), lo, 0, n, scores0, 0);
+        int_scores(C, a, &qb, keys, key_stride(Q8, a), lo, 0, n + 1, scores1, 0);
+    } else {
+        two_scores(C, a, q0, q1, keys, lo, n, tail, scores0, scores1);
+    }
     __m512 inverse0 = softmax(scores0, n), inverse1 = softmax(scores1, n + 1);
     __m512 ea[ATTN_MAX_HEAD / 16], oa[ATTN_MAX_HEAD / 16];
     __m512 eb[ATTN_MAX_HEAD / 16], ob[ATTN_MAX_HEAD / 16];
     UNROLL
     for (int c = 0; c < C; c++) ea[c] = oa[c] = eb[c] = ob[c] = _mm512_setzero_ps();
-    for (j = 0; j + 2 <= n; j += 2) { /* pairs both queries take */
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) { /* pairs both queries take */
         const char *value = values + (lo + j) * P;
         float s0 = Q8 ? record_scale(Q8, value, a->D) : 1.0f, s1 = Q8 ? record_scale(Q8, value + P, a->D) : 1.0f;
         __m512 wa0 = _mm512_set1_ps(Q8 ? scores0[j] * s0 : scores0[j]);
@@ -306,14 +403,15 @@ INLINE TARGET void two_queries(const int C, const int Q8, const attn_args *a, co
  * spill to the stack; not measured). */
 #define FOUR_CHUNKS 4
 
-/* Scores of four queries (q[0..3], consecutive new tokens) for the positions [lo + j, lo + n) in
- * fours that all of them see: each cached key is loaded and converted once for the four. sum4
- * of the four queries' products with one key gives each the total one_query's sum4 gives it
- * (each total's additions involve only its own vector). → where the fours ended. */
-INLINE TARGET int64_t four_scores(const int C, const int Q8, const attn_args *a, const __m512 *qv,
+/* Scores of four queries (q[0..3], consecutive new tokens) of float16 keys, for the positions
+ * [lo + j, lo + n) in fours that all of them see: each cached key is loaded and converted once
+ * for the four. sum4 of the four queries' products with one key gives each the total
+ * one_query's sum4 gives it (each total's additions involve only its own vector). → where the
+ * fours ended. */
+INLINE TARGET int64_t four_scores(const int C, const attn_args *a, const __m512 *qv,
                                   const char *keys, int64_t lo, int64_t n, __mmask16 tail,
                                   float *const *scores) {
-    const int64_t bytes = kv_bytes(Q8), P = a->pos_stride * bytes;
+    const int64_t bytes = kv_bytes(0), P = a->pos_stride * bytes;
     const __m128 scale4 = _mm_set1_ps(a->scale);
     float *row[4] = {scores[0], scores[1], scores[2], scores[3]}; /* in registers: no reloads */
     int64_t j = 0;
@@ -321,18 +419,16 @@ INLINE TARGET int64_t four_scores(const int C, const int Q8, const attn_args *a,
         __m128 s[4]; /* s[p]: key j + p's four scores (lane i: query i) */
         for (int p = 0; p < 4; p++) {
             const char *key = keys + (lo + j + p) * P;
-            __m512 d[4], k = load_kv(Q8, key, C == 1 ? tail : 0xFFFF);
+            __m512 d[4], k = load_kv(0, key, C == 1 ? tail : 0xFFFF);
             UNROLL
             for (int i = 0; i < 4; i++) d[i] = _mm512_mul_ps(qv[i * C], k);
             UNROLL
             for (int c = 1; c < C; c++) {
-                k = load_kv(Q8, key + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF);
+                k = load_kv(0, key + 16 * c * bytes, c == C - 1 ? tail : 0xFFFF);
                 UNROLL
                 for (int i = 0; i < 4; i++) d[i] = _mm512_fmadd_ps(qv[i * C + c], k, d[i]);
             }
-            __m128 totals = sum4(d[0], d[1], d[2], d[3]);
-            if (Q8) totals = _mm_mul_ps(totals, _mm_set1_ps(record_scale(Q8, key, a->D)));
-            s[p] = _mm_mul_ps(totals, scale4);
+            s[p] = _mm_mul_ps(sum4(d[0], d[1], d[2], d[3]), scale4);
         }
         _MM_TRANSPOSE4_PS(s[0], s[1], s[2], s[3]); /* s[i]: query i's four scores */
         UNROLL
@@ -419,76 +515,45 @@ INLINE TARGET int64_t four_values_chain(const int C, const int Q8, const int c, 
 }
 #endif
 
-/* Keys turned (a prompt's converted records, see attn_queries): blocks of 16 keys, [D][16] floats
- * (lane j of row d: key 16 × block + j's value d), their scales beside. one_query's score of a
- * key is dot's 16 lanes a_0 … a_15 (a_l = q[l] k[l], then + q[16c + l] k[16c + l] for each
- * further chunk c) summed by sum4's tree, (A_0 + A_2) + (A_1 + A_3) with A_k = (a_4k + a_4k+2) +
- * (a_4k+1 + a_4k+3), times the key's scale, times the score scale. With keys in lanes the same
- * sums are vertical: a_l of 16 keys is one vector, and no shuffles reduce them. Only for head
- * sizes that are whole chunks (no masked lanes). */
+/* Keys turned (a prompt's int8 key records, see attn_queries): blocks of 16 keys, each a run of
+ * D / 4 lines of 64 bytes (line g: the 16 keys' codes 4g … 4g + 3 as code + 128, key j in dword
+ * j), their scales beside. A line meets a query's dword g broadcast in one dot instruction,
+ * giving the 16 keys' partial dots in their own lanes: no sums across lanes. The dots are the
+ * exact integers int_scores takes, so the scores are its bits. Only for head sizes that are
+ * whole chunks of 16. */
 
-/* TURNED: whether prompts read keys turned (AVX2: no; slower than four_scores there, with 16
- * registers). HOLD4: keeps the compiler from interleaving four vectors' work with the next
- * step's, which spilled (C harness: ~5 % of a layer's prompt attention) */
+/* TURNED: whether prompts read keys turned (AVX2: no, its dot is an emulation of many
+ * instructions; keys one by one there) */
 #ifdef ORTGEN_AVX2
 #define TURNED 0
-#define HOLD4(v) ((void)(v))
 #else
 #define TURNED 1
-#define HOLD4(v) __asm__("" : "+v"((v)[0]), "+v"((v)[1]), "+v"((v)[2]), "+v"((v)[3]))
 #endif
 
-/* a_l of 16 keys for four queries: p[i] */
-INLINE TARGET void turned_lane(const int C, const float *const *q, const float *block, int l,
-                               __m512 *p) {
-    __m512 k[FOUR_CHUNKS];
-    UNROLL
-    for (int c = 0; c < C; c++) k[c] = _mm512_loadu_ps(block + (16 * c + l) * 16);
-    UNROLL
-    for (int i = 0; i < 4; i++) {
-        p[i] = _mm512_mul_ps(_mm512_set1_ps(q[i][l]), k[0]);
-        UNROLL
-        for (int c = 1; c < C; c++)
-            p[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][16 * c + l]), k[c], p[i]);
-    }
-    HOLD4(p);
-}
-
-/* A_k of 16 keys for four queries: (a_4k + a_4k+2) + (a_4k+1 + a_4k+3) */
-INLINE TARGET void turned_quad(const int C, const float *const *q, const float *block, int k,
-                               __m512 *sum) {
-    __m512 x[4], y[4], p[4];
-    turned_lane(C, q, block, 4 * k, x);
-    turned_lane(C, q, block, 4 * k + 2, p);
-    UNROLL
-    for (int i = 0; i < 4; i++) x[i] = _mm512_add_ps(x[i], p[i]);
-    turned_lane(C, q, block, 4 * k + 1, y);
-    turned_lane(C, q, block, 4 * k + 3, p);
-    UNROLL
-    for (int i = 0; i < 4; i++) sum[i] = _mm512_add_ps(x[i], _mm512_add_ps(y[i], p[i]));
-}
-
-/* Four queries' scores (q[0..3], consecutive new tokens) for the keys [0, end) in blocks of 16
- * (the last block's lanes past end: scores of later keys or of the zero padding, which no query
- * reads) */
-INLINE TARGET void turned_scores(const int C, const attn_args *a, const float *const *q,
-                                 const float *turned, const float *scales, int64_t end,
-                                 float *const *scores) {
-    const __m512 scale = _mm512_set1_ps(a->scale);
+/* Four queries' scores (q[0..3]) of the keys turned [0, end) in blocks of 16 (the last block's
+ * lanes past end: scores of later keys or of the zero padding, which no query reads) */
+INLINE TARGET void turned_scores(const int C, const q8_query *q, const int8_t *turned,
+                                 const float *scales, int64_t end, float *const *scores) {
+    const int lines = 4 * C;
+    int32_t words[4][ATTN_MAX_HEAD / 4];
+    for (int i = 0; i < 4; i++) memcpy(words[i], q[i].codes, sizeof words[i]);
     for (int64_t j = 0; j < end; j += 16) {
-        const float *block = turned + j * 16 * C;
-        __m512 a0[4], a1[4], a2[4], a3[4];
-        turned_quad(C, q, block, 0, a0);
-        turned_quad(C, q, block, 2, a2);
+        const int8_t *block = turned + j * 16 * C;
+        __m512i acc[4];
         UNROLL
-        for (int i = 0; i < 4; i++) a0[i] = _mm512_add_ps(a0[i], a2[i]);
-        turned_quad(C, q, block, 1, a1);
-        turned_quad(C, q, block, 3, a3);
+        for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
+        UNROLL
+        for (int g = 0; g < lines; g++) {
+            __m512i k = _mm512_loadu_si512(block + 64 * g);
+            UNROLL
+            for (int i = 0; i < 4; i++) acc[i] = dot_w8(acc[i], k, _mm512_set1_epi32(words[i][g]));
+        }
         __m512 key_scales = _mm512_loadu_ps(scales + j);
         UNROLL
         for (int i = 0; i < 4; i++) {
-            __m512 total = _mm512_add_ps(a0[i], _mm512_add_ps(a1[i], a3[i]));
-            _mm512_storeu_ps(scores[i] + j, _mm512_mul_ps(_mm512_mul_ps(total, key_scales), scale));
+            __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[i], _mm512_set1_epi32(q[i].offset)));
+            _mm512_storeu_ps(scores[i] + j,
+                             _mm512_mul_ps(_mm512_mul_ps(f, key_scales), _mm512_set1_ps(q[i].factor)));
         }
     }
 }
@@ -498,25 +563,33 @@ INLINE TARGET void turned_scores(const int C, const attn_args *a, const float *c
  * converted once for the four while they share positions. */
 INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
                                 const float *const *q, const char *keys, const char *values,
-                                const float *turned, const float *scales, int64_t lo,
+                                const void *turned, const float *scales, int64_t lo,
                                 int64_t hi, float *const *scores, float *const *out) {
     const int64_t n = hi - lo + 1; /* query i sees n + i */
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
-    __m512 qv[4 * (ATTN_MAX_HEAD / 16)];
-    UNROLL
-    for (int i = 0; i < 4; i++) load_query(C, q[i], tail, qv + i * C);
-    const int by_blocks = Q8 == KIND_FLOATS && turned; /* keys turned (lo 0) */
     int64_t j = 0;
-    if (by_blocks) /* every key of the four, in blocks of 16 */
-        turned_scores(C, a, q, turned, scales, n + 3, scores);
-    else
-        j = four_scores(C, Q8, a, qv, keys, lo, n, tail, scores);
     __m512 inverse[4];
-    UNROLL
-    for (int i = 0; i < 4; i++) { /* the rest as one_query: its last n mod 4 keys alone */
-        int64_t from = by_blocks ? (n + i) & ~(int64_t)3 : j;
-        scores_from(C, Q8, a, qv + i * C, keys, lo, from, n + i, tail, scores[i], 0);
-        inverse[i] = softmax(scores[i], n + i);
+    if (Q8) { /* integer scores: keys turned (lo 0), every key of the four in blocks of 16 */
+        q8_query qc[4];
+        UNROLL
+        for (int i = 0; i < 4; i++) quantize_query(a, q[i], &qc[i]);
+        if (turned) turned_scores(C, qc, (const int8_t *)turned, scales, n + 3, scores);
+        UNROLL
+        for (int i = 0; i < 4; i++) { /* or each query's own, as one_query */
+            if (!turned)
+                int_scores(C, a, &qc[i], keys, key_stride(Q8, a), lo, 0, n + i, scores[i], 0);
+            inverse[i] = softmax(scores[i], n + i);
+        }
+    } else {
+        __m512 qv[4 * (ATTN_MAX_HEAD / 16)];
+        UNROLL
+        for (int i = 0; i < 4; i++) load_query(C, q[i], tail, qv + i * C);
+        j = four_scores(C, a, qv, keys, lo, n, tail, scores);
+        UNROLL
+        for (int i = 0; i < 4; i++) { /* the rest as one_query: its last n mod 4 keys alone */
+            scores_from(C, a, qv + i * C, keys, lo, j, n + i, tail, scores[i], 0);
+            inverse[i] = softmax(scores[i], n + i);
+        }
     }
     __m512 even[4 * (ATTN_MAX_HEAD / 16)], odd[4 * (ATTN_MAX_HEAD / 16)];
     const int64_t pairs = n & ~(int64_t)1; /* positions four_values takes */
@@ -541,21 +614,23 @@ INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
 }
 
 /* Four consecutive queries over the keys turned whose windows differ (query i sees [lo[i], hi[i]],
- * lo and hi never decreasing; converted records, lo relative to them): their scores in blocks
- * from lo[0]'s block to hi[3] (key k's score of query i at rows[i][k − first]; every key of a
- * query's fours takes sum4's sum, as turned_scores computes it), then each query's last n mod 4
- * keys, softmax and values by one_query (values are not shared: each query's chains pair its
- * own positions) */
+ * lo and hi never decreasing; converted values, lo relative to them): their scores in blocks
+ * from lo[0]'s block to hi[3] (key k's score of query i at rows[i][k − first]), then each
+ * query's softmax and values by one_query, every score written (values are not shared: each
+ * query's chains pair its own positions) */
 INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *const *q,
-                                 const char *keys, const char *values, const float *turned,
+                                 const char *keys, const char *values, const int8_t *turned,
                                  const float *scales, const int64_t *lo, const int64_t *hi,
                                  float *const *rows, float *const *out) {
     const int64_t first = lo[0] & ~(int64_t)15;
-    turned_scores(C, a, q, turned + first * a->D, scales + first, hi[3] + 1 - first, rows);
+    q8_query qc[4];
     UNROLL
-    for (int i = 0; i < 4; i++) /* the rest as one_query, from the keys' last n mod 4 */
-        one_query(C, KIND_FLOATS, a, q[i], keys, values, lo[i], hi[i],
-                  (hi[i] - lo[i] + 1) & ~(int64_t)3, rows[i] + (lo[i] - first), out[i], 0);
+    for (int i = 0; i < 4; i++) quantize_query(a, q[i], &qc[i]);
+    turned_scores(C, qc, turned + first * a->D, scales + first, hi[3] + 1 - first, rows);
+    UNROLL
+    for (int i = 0; i < 4; i++)
+        one_query(C, KIND_FLOATS, a, q[i], keys, values, lo[i], hi[i], hi[i] - lo[i] + 1,
+                  rows[i] + (lo[i] - first), out[i], 0);
 }
 
 /* one_query, two_queries, four_queries and windowed_four with the chunk count (and the cache's
@@ -578,7 +653,7 @@ INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *c
 #define FOUR_C(C, Q8, kind)                                                                     \
     static TARGET __attribute__((noinline)) void four_##kind##C(                               \
         const attn_args *a, const float *const *q, const char *keys, const char *values,       \
-        const float *turned, const float *scales, int64_t lo, int64_t hi, float *const *s,     \
+        const void *turned, const float *scales, int64_t lo, int64_t hi, float *const *s,      \
         float *const *o) {                                                                     \
         four_queries(C, Q8, a, q, keys, values, turned, scales, lo, hi, s, o);                 \
     }
@@ -591,14 +666,14 @@ INLINE TARGET void windowed_four(const int C, const attn_args *a, const float *c
 #define WINDOWED_C(C)                                                                           \
     static TARGET __attribute__((noinline)) void windowed_##C(                                 \
         const attn_args *a, const float *const *q, const char *keys, const char *values,       \
-        const float *turned, const float *scales, const int64_t *lo, const int64_t *hi,        \
+        const int8_t *turned, const float *scales, const int64_t *lo, const int64_t *hi,       \
         float *const *s, float *const *o) {                                                    \
         windowed_four(C, a, q, keys, values, turned, scales, lo, hi, s, o);                    \
     }
 WINDOWED_C(1) WINDOWED_C(2) WINDOWED_C(3) WINDOWED_C(4)
 #undef WINDOWED_C
 typedef void (*windowed_fn)(const attn_args *, const float *const *, const char *, const char *,
-                            const float *, const float *, const int64_t *, const int64_t *,
+                            const int8_t *, const float *, const int64_t *, const int64_t *,
                             float *const *, float *const *);
 static const windowed_fn windowed[FOUR_CHUNKS] = {windowed_1, windowed_2, windowed_3, windowed_4};
 _Static_assert(FOUR_CHUNKS == 4, "FOUR_C is generated for chunk counts 1 to 4");
@@ -612,7 +687,7 @@ typedef void (*query_fn)(const attn_args *, const float *, const char *, const c
 typedef void (*pair_fn)(const attn_args *, const float *, const float *, const char *,
                         const char *, int64_t, int64_t, float *, float *, float *, float *);
 typedef void (*four_fn)(const attn_args *, const float *const *, const char *, const char *,
-                        const float *, const float *, int64_t, int64_t, float *const *,
+                        const void *, const float *, int64_t, int64_t, float *const *,
                         float *const *);
 #define SIXTEEN(f, kind)                                                                        \
     {f##_##kind##1,  f##_##kind##2,  f##_##kind##3,  f##_##kind##4,  f##_##kind##5,  f##_##kind##6,  \
@@ -633,10 +708,10 @@ static int64_t visible(const attn_args *a, int64_t b, int64_t t, int64_t *lo) {
     return position;
 }
 
-/* A call of at least this many queries over an int8 cache (a prompt's) first converts the
+/* A call of at least this many queries over an int8 cache (a prompt's) first converts the value
  * records its queries see to float records, once: each query then loads floats instead of
  * converting every code it reads again (512-token prompt, one layer, C harness via ONNX Runtime:
- * see the README) */
+ * see the README); and turns the key records (to_turned) */
 #define CONVERT_QUERIES 8
 
 /* Four queries whose windows differ share their scores' blocks from this many keys a query on
@@ -656,22 +731,30 @@ static TARGET void to_floats(const char *slab, int64_t P, int64_t D, int64_t bas
     }
 }
 
-/* float records [0, count) (`stride` floats apart, D = 16 × chunks) → keys turned: blocks of 16
- * keys, [D][16] (past count: zeros), and their scales (past count: 0) */
-static TARGET void to_turned(const float *records, int64_t stride, int64_t D, int64_t count,
-                             float *turned, float *scales) {
+/* int8 key records [base, base + count) of a slab (P bytes apart, D = 16 × chunks) → keys
+ * turned: blocks of 16 keys, D / 4 lines of 64 bytes (past count: zeros), and their scales (past
+ * count: 0) */
+static TARGET void to_turned(const char *slab, int64_t P, int64_t D, int64_t base, int64_t count,
+                             int8_t *turned, float *scales) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __mmask64 tail = chunk_bytes(D);
     for (int64_t p0 = 0; p0 < count; p0 += 16) {
-        float *block = turned + p0 * D;
-        for (int64_t d = 0; d < D; d += 16) {
+        int8_t *block = turned + p0 * D;
+        for (int64_t d = 0; d < D; d += 64) { /* 16 lines of each 64 bytes of the records */
+            __mmask64 m = d + 64 < D ? ~(__mmask64)0 : tail;
             __m512i rows[16], columns[16];
             for (int k = 0; k < 16; k++)
-                rows[k] = p0 + k < count ? _mm512_loadu_si512(records + (p0 + k) * stride + d)
-                                         : _mm512_setzero_si512();
-            transpose(rows, columns);
-            for (int e = 0; e < 16; e++) _mm512_storeu_si512(block + (d + e) * 16, columns[e]);
+                rows[k] = p0 + k < count
+                              ? _mm512_xor_si512(
+                                    _mm512_maskz_loadu_epi8(m, slab + (base + p0 + k) * P + d), flip)
+                              : _mm512_setzero_si512();
+            transpose(rows, columns); /* columns[e]: dword e of the 16 keys */
+            for (int64_t e = 0; e < 16 && d + 4 * e < D; e++)
+                _mm512_storeu_si512(block + (d / 4 + e) * 64, columns[e]);
         }
         for (int k = 0; k < 16; k++)
-            scales[p0 + k] = p0 + k < count ? records[(p0 + k) * stride + D] : 0.0f;
+            scales[p0 + k] =
+                p0 + k < count ? record_scale(1, slab + (base + p0 + k) * P, D) : 0.0f;
     }
 }
 
@@ -697,27 +780,28 @@ TARGET int attn_queries(const attn_args *a, int64_t b, int64_t h, int64_t t0, in
                              (a->window <= 0 || a->window >= WINDOWED_KEYS)
                          ? (count + 15) & ~(int64_t)15
                          : 0;
-    size_t record_bytes = 2 * (size_t)count * (size_t)record * sizeof(float);
-    size_t turned_bytes = (size_t)padded * (size_t)(D + 1) * sizeof(float);
+    size_t record_bytes = (size_t)count * (size_t)record * sizeof(float); /* values */
+    size_t turned_bytes = (size_t)padded * ((size_t)D + sizeof(float));
     char *space = scratch_for(score_bytes + record_bytes + turned_bytes);
     if (!space) return -1;
     float *scores = (float *)space;
     float *rows[4] = {scores, scores + stride, scores + 2 * stride, scores + 3 * stride};
     int kind = a->q8 != 0;
     attn_args floats;
-    float *turned = NULL, *scales = NULL;
+    int8_t *turned = NULL;
+    float *scales = NULL;
     if (count) { /* queries index the converted records from base: their lo and hi shift */
-        float *fk = (float *)(space + score_bytes), *fv = fk + count * record;
-        to_floats(keys, a->pos_stride, D, base, count, fk, record);
+        float *fv = (float *)(space + score_bytes);
         to_floats(values, a->pos_stride, D, base, count, fv, record);
         if (padded) {
-            turned = (float *)(space + score_bytes + record_bytes);
-            scales = turned + padded * D;
-            to_turned(fk, record, D, count, turned, scales);
+            turned = (int8_t *)(space + score_bytes + record_bytes);
+            scales = (float *)(turned + padded * D);
+            to_turned(keys, a->pos_stride, D, base, count, turned, scales);
         }
         floats = *a;
+        floats.key_stride = a->pos_stride; /* the int8 key records', from base */
         floats.pos_stride = record;
-        keys = (const char *)fk, values = (const char *)fv;
+        keys += base * a->pos_stride, values = (const char *)fv;
         kind = KIND_FLOATS, next = 0;
         a = &floats;
     }

@@ -5,8 +5,9 @@
  * attends to its row's cached keys up to its own position (within a local window where one is
  * set). The cache holds float16 values, or (`q8`) per position and head a record of
  * D int8 codes and their float scale (value = code × scale, the scale max|value| / 127): half the
- * bytes again that a decode step late in a long context reads. Scores, softmax and sums are
- * float32. Each query's float operations are the same sequence whatever the other rows, queries
+ * bytes again that a decode step late in a long context reads. Over int8 records a query is
+ * quantized the same way and its scores are exact integer dots of the codes, scaled; softmax and
+ * sums are float32. Each query's float operations are the same sequence whatever the other rows, queries
  * or the number of new tokens (queries that share positions share loads, not arithmetic): results
  * never depend on batch neighbours or on how a prompt was split into runs. */
 #ifndef ORTGEN_ATTENTION_H
@@ -31,6 +32,8 @@ typedef struct {
     float scale;          /* score = scale × q·k */
     int64_t window;       /* > 0: a query sees the `window` positions ending at its own */
     float *out;           /* [B, T, H × D] */
+    int64_t key_stride;   /* attn_queries' own (callers leave it): bytes from one int8 key record
+                             to the next where the values were converted to floats */
 } attn_args;
 
 /* convert and store row b, head h's new keys and values at positions last − T + 1 … last */

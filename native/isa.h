@@ -243,6 +243,7 @@ W_INLINE __m512i w_set1_epi8(char x) {
     }
 W_IBINARY(w_add_epi32, _mm256_add_epi32)
 W_IBINARY(w_and_si512, _mm256_and_si256)
+W_IBINARY(w_xor_si512, _mm256_xor_si256)
 W_IBINARY(w_unpacklo_epi32, _mm256_unpacklo_epi32)
 W_IBINARY(w_unpackhi_epi32, _mm256_unpackhi_epi32)
 W_IBINARY(w_unpacklo_epi64, _mm256_unpacklo_epi64)
@@ -492,6 +493,8 @@ W_INLINE __m512i w_maskz_loadu_epi8(__mmask64 m, const void *p) {
 #define _mm512_add_epi32 w_add_epi32
 #undef _mm512_and_si512
 #define _mm512_and_si512 w_and_si512
+#undef _mm512_xor_si512
+#define _mm512_xor_si512 w_xor_si512
 #undef _mm512_unpacklo_epi32
 #define _mm512_unpacklo_epi32 w_unpacklo_epi32
 #undef _mm512_unpackhi_epi32

@@ -3,7 +3,7 @@ a goal's row says whether it holds at the precision that decides it."""
 
 from __future__ import annotations
 
-from bench.report import goal_lines, goals, ratio
+from bench.report import goal_lines, goals, ratio, scaling
 
 
 def runs(*values: float) -> list[dict]:
@@ -42,3 +42,15 @@ def test_the_gpt_neo_goal_holds_per_workload_with_w2_a_time():
 def test_a_value_next_to_its_bound_shows_the_digit_that_decides_it():
     lines = goal_lines([("share", 0.598, 0.6, True), ("speed", 1.54, 1.5, True)])
     assert lines[2:] == ["| share | 0.598 | no |", "| speed | 1.54 | yes |"]
+
+
+def test_flatness_is_the_alternated_measurement_where_a_run_has_it():
+    """The past 900 ÷ past 16 goal: the rounds' median of the one-process alternated ratio; older
+    results without it: the separate processes' per-round ratio."""
+    results = {"ortgen-int8": {"past16": runs(4.0, 4.0, 4.0), "past900": runs(6.0, 4.0, 5.2)}}
+    assert scaling(results)[1] == 1.3
+    results["ortgen-int8"]["flat"] = runs(1.1, 1.3, 1.15)
+    lines, flat = scaling(results)
+    assert flat == 1.15
+    assert "alternated in one process (32 each): 1.15 (1.10–1.30)" in lines[-1]
+    assert lines[-1].endswith("from the separate processes above: 1.30.")

@@ -516,6 +516,16 @@ def q8_values(records: np.ndarray) -> np.ndarray:
     return records[..., :-4].astype(np.float64) * scale
 
 
+def q8_queries(qkv: np.ndarray, heads: int) -> np.ndarray:
+    """qkv [B, T, 3HD] with each query (per head) replaced by the values of its int8 record: over
+    int8 records the kernel scores quantized queries (exact integer dots, then scaled)."""
+    out = qkv.astype(np.float64)
+    rows, tokens, width = qkv.shape
+    queries = qkv[..., : width // 3].reshape(rows, tokens, heads, -1)
+    out[..., : width // 3] = q8_values(q8_records(queries)).reshape(rows, tokens, -1)
+    return out
+
+
 def q8_caches(rng, rows, heads, positions, size, filled, layout=0):
     """[B, H, L, D + 4] views of int8 record caches in `layout`, rows filled up to `filled`"""
     shape = (rows, positions, heads, size + 4) if layout else (rows, heads, positions, size + 4)
@@ -534,9 +544,10 @@ def q8_caches(rng, rows, heads, positions, size, filled, layout=0):
 def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
     heads, size, rows, tokens, window, layout
 ):
-    """New keys and values become int8 records exactly as q8_records makes them; every query
-    attends over the values its row's records hold (a float64 reference). Either layout:
-    [B, H, L, D + 4] (what exports write) or [B, L, H, D + 4] (exports of 2026-12-04)."""
+    """New keys and values become int8 records exactly as q8_records makes them; every query,
+    quantized the same way, attends over the values its row's records hold (a float64
+    reference). Either layout: [B, H, L, D + 4] (what exports write) or [B, L, H, D + 4] (exports
+    of 2026-12-04)."""
     rng = np.random.default_rng(heads * size + tokens)
     filled = rng.integers(0, 30, rows)
     caches = q8_caches(rng, rows, heads, 64, size, filled, layout)
@@ -553,7 +564,7 @@ def test_q8_cached_attention_stores_int8_records_and_attends_over_them(
             cache_was[:, new] = cache[b, :, new]
             assert np.array_equal(cache[b], cache_was)  # nothing else written
     held = [q8_values(c) for c in caches]
-    expected = attention_reference(qkv, held, last, window, 1 / np.sqrt(size))
+    expected = attention_reference(q8_queries(qkv, heads), held, last, window, 1 / np.sqrt(size))
     assert np.abs(out - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
 
 
