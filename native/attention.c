@@ -1,5 +1,5 @@
-/* Causal attention over an in-place float16 KV cache (see attention.h). Built with
- * -ffp-contract=off: the float sequence below is the one that runs. */
+/* Causal attention over a KV cache kept in place, float16 or int8 records (see attention.h).
+ * Built with -ffp-contract=off: the float sequence below is the one that runs. */
 #include "attention.h"
 #include "isa.h"
 #include "scratch.h"
@@ -22,13 +22,14 @@
 static __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
 
 /* The kinds of cache the query functions read (their compile-time `Q8`): float16 values (0),
- * int8 records (1: D codes, then their float scale), or a prompt's int8 records converted once to
- * float records (2: the D codes as floats, then the scale; see attn_queries). Kinds 1 and 2 give
- * the same floats, so the same results. `Q8` as a truth value: records carry a scale. */
+ * int8 records (1: D codes, then their float scale), or int8 key records with a prompt's value
+ * records converted once to float records (2: the D codes as floats, then the scale; keys at
+ * key_stride; see attn_queries). Kinds 1 and 2 give the same floats, so the same results. `Q8` as
+ * a truth value: records carry a scale (and scores are integer dots, see int_scores). */
 #define KIND_FLOATS 2
 
-/* 16 cached values from `at` as floats: float16 values, or (Q8) int8 codes, their record's scale
- * not applied (the callers fold it into the score or the weight: one multiply per position) */
+/* 16 cached values from `at` as floats: float16 values, or (Q8) value codes, their record's
+ * scale not applied (the callers fold it into the weight: one multiply per position) */
 INLINE TARGET __m512 load_kv(const int Q8, const char *at, __mmask16 mask) {
     if (Q8 == KIND_FLOATS) return _mm512_maskz_loadu_ps(mask, at);
     if (Q8) return _mm512_cvtepi32_ps(load_epi8_epi32(mask, at));
@@ -47,7 +48,8 @@ INLINE float record_scale(const int Q8, const char *record, int64_t D) {
 }
 
 /* x[0..D) as an int8 record: codes round(x × 127 / max|x|), then the scale max|x| / 127 (NaN where
- * any x is: codes 0, and every score or sum that reads it NaN) */
+ * any x is NaN or infinite: codes 0, and every score or sum that reads it NaN; codes 0 where
+ * max|x| is so small, below ~3.7e-37, that 127 / max|x| overflows) */
 static TARGET void store_codes(const float *x, int64_t D, char *record) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
     __m512 top = _mm512_setzero_ps();
@@ -58,7 +60,14 @@ static TARGET void store_codes(const float *x, int64_t D, char *record) {
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     }
     float amax = nan ? __builtin_nanf("") : _mm512_reduce_max_ps(top);
-    __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f); /* false for NaN */
+    if (!(amax <= 3.402823466e38f)) { /* NaN or infinite */
+        float scale = __builtin_nanf("");
+        memset(record, 0, (size_t)D);
+        memcpy(record + D, &scale, sizeof scale);
+        return;
+    }
+    float ratio = amax > 0.0f ? 127.0f / amax : 0.0f;
+    __m512 inv = _mm512_set1_ps(ratio <= 3.402823466e38f ? ratio : 0.0f);
     for (int64_t d = 0; d < D; d += 16) {
         __mmask16 m = lanes(D - d);
         __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + d), inv));
@@ -303,11 +312,11 @@ INLINE TARGET void one_query(const int C, const int Q8, const attn_args *a, cons
     const __mmask16 tail = lanes(a->D - 16 * (C - 1));
     __m512 even[ATTN_MAX_HEAD / 16], odd[ATTN_MAX_HEAD / 16];
     const int64_t n = hi - lo + 1;
-    if (Q8) {
+    if (Q8 && from < n) {
         q8_query qc;
         quantize_query(a, q, &qc);
         int_scores(C, a, &qc, keys, key_stride(Q8, a), lo, from, n, scores, next);
-    } else {
+    } else if (!Q8) {
         __m512 qv[ATTN_MAX_HEAD / 16];
         load_query(C, q, tail, qv);
         scores_from(C, a, qv, keys, lo, from, n, tail, scores, next);
@@ -559,8 +568,9 @@ INLINE TARGET void turned_scores(const int C, const q8_query *q, const int8_t *t
 }
 
 /* Four queries from [lo, hi], …, [lo, hi + 3] (consecutive new tokens, no window between them):
- * the same float sequences as one_query gives each, each cached key and value loaded and
- * converted once for the four while they share positions. */
+ * the same float sequences as one_query gives each, each cached value (and float16 key) loaded
+ * and converted once for the four while they share positions; int8 keys turned are scored in
+ * blocks for the four, else by each query on its own. */
 INLINE TARGET void four_queries(const int C, const int Q8, const attn_args *a,
                                 const float *const *q, const char *keys, const char *values,
                                 const void *turned, const float *scales, int64_t lo,
@@ -732,8 +742,8 @@ static TARGET void to_floats(const char *slab, int64_t P, int64_t D, int64_t bas
 }
 
 /* int8 key records [base, base + count) of a slab (P bytes apart, D = 16 × chunks) → keys
- * turned: blocks of 16 keys, D / 4 lines of 64 bytes (past count: zeros), and their scales (past
- * count: 0) */
+ * turned: blocks of 16 keys, D / 4 lines of 64 bytes (past count: codes 0), and their scales
+ * (past count: 0) */
 static TARGET void to_turned(const char *slab, int64_t P, int64_t D, int64_t base, int64_t count,
                              int8_t *turned, float *scales) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
@@ -743,11 +753,11 @@ static TARGET void to_turned(const char *slab, int64_t P, int64_t D, int64_t bas
         for (int64_t d = 0; d < D; d += 64) { /* 16 lines of each 64 bytes of the records */
             __mmask64 m = d + 64 < D ? ~(__mmask64)0 : tail;
             __m512i rows[16], columns[16];
-            for (int k = 0; k < 16; k++)
-                rows[k] = p0 + k < count
-                              ? _mm512_xor_si512(
-                                    _mm512_maskz_loadu_epi8(m, slab + (base + p0 + k) * P + d), flip)
-                              : _mm512_setzero_si512();
+            for (int k = 0; k < 16; k++) /* past count: codes 0 */
+                rows[k] = _mm512_xor_si512(
+                    p0 + k < count ? _mm512_maskz_loadu_epi8(m, slab + (base + p0 + k) * P + d)
+                                   : _mm512_setzero_si512(),
+                    flip);
             transpose(rows, columns); /* columns[e]: dword e of the 16 keys */
             for (int64_t e = 0; e < 16 && d + 4 * e < D; e++)
                 _mm512_storeu_si512(block + (d / 4 + e) * 64, columns[e]);

@@ -29,7 +29,7 @@ typedef struct {
     int64_t row_stride, head_stride, pos_stride; /* elements (q8: bytes) from one row, head,
                                                     position to the next */
     const int32_t *last;  /* [B] each row's last position after this run (its length − 1) */
-    float scale;          /* score = scale × q·k */
+    float scale;          /* score = scale × q·k (int8 records: q quantized as a key is) */
     int64_t window;       /* > 0: a query sees the `window` positions ending at its own */
     float *out;           /* [B, T, H × D] */
     int64_t key_stride;   /* attn_queries' own (callers leave it): bytes from one int8 key record

@@ -501,10 +501,13 @@ def test_cached_attention_spreads_a_nan_and_reaches_far_positions():
 
 def q8_records(x: np.ndarray) -> np.ndarray:
     """float32 [..., D] → the kernel's int8 records [..., D + 4]: codes round(x × 127 / max|x|)
-    (float32 arithmetic, ties to even), then the float32 scale max|x| / 127."""
+    (float32 arithmetic, ties to even; 0 where 127 / max|x| overflows), then the float32 scale
+    max|x| / 127 (finite vectors; see the infinite-vector test for the rest)."""
     x = x.astype(np.float32)
     amax = np.abs(x).max(axis=-1, keepdims=True)
-    inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    inv = np.where(np.isfinite(inv), inv, np.float32(0))
     codes = np.clip(np.rint(x * inv), -128, 127).astype(np.int8)
     scale = (amax / np.float32(127)).astype(np.float32)
     return np.concatenate([codes, scale.view(np.int8)], axis=-1)
@@ -621,6 +624,29 @@ def test_q8_cached_attention_turns_a_nan_key_into_nan_outputs_of_its_head():
     qkv[0, 0, 32 + 16 + 3] = np.nan  # head 1's new key
     out = attend(session, qkv, caches, [5])[0, 0]
     assert np.isnan(out[16:]).all() and np.isfinite(out[:16]).all()
+
+
+def test_q8_records_of_infinite_or_vanishing_vectors_hold_codes_0():
+    """An infinite key (or query) gives its record codes 0 and a NaN scale: its head's outputs
+    are NaN, the other head's finite; a key whose largest value is so small (1e-38) that 127 over
+    it overflows gets codes 0 (not the saturated −128 an infinite ratio would make)."""
+    rng = np.random.default_rng(10)
+    session = attention_session(2, packed=True, q8=True)
+    caches = q8_caches(rng, 1, 2, 32, 16, [5])
+    qkv = rng.normal(size=(1, 1, 96)).astype(np.float32)
+    qkv[0, 0, 32 + 2] = np.inf  # head 0's new key
+    qkv[0, 0, 32 + 16 : 32 + 32] = 1e-38  # head 1's new key
+    out = attend(session, qkv, caches, [5])[0, 0]
+    key = caches[0][0, :, 5]  # [H, D + 4]
+    assert (key[:, :16] == 0).all()
+    scales = np.ascontiguousarray(key[:, 16:]).view(np.float32)[:, 0]
+    assert np.isnan(scales[0]) and 0 < scales[1] < 1e-38
+    assert np.isnan(out[:16]).all() and np.isfinite(out[16:]).all()
+    caches = q8_caches(rng, 1, 2, 32, 16, [5])
+    qkv = rng.normal(size=(1, 1, 96)).astype(np.float32)
+    qkv[0, 0, 16 + 3] = -np.inf  # head 1's query
+    out = attend(session, qkv, caches, [5])[0, 0]
+    assert np.isfinite(out[:16]).all() and np.isnan(out[16:]).all()
 
 
 # ---- ortgen.SkipNorm: SkipLayerNormalization's interface, one row at a time ----
