@@ -120,10 +120,10 @@ INLINE TARGET __m512 dot(const int C, const __m512 *q, const char *key, __mmask1
     return acc;
 }
 
-/* Q8: four keys' scales (records P bytes apart) */
-INLINE TARGET __m128 four_scales(const int Q8, const char *key, int64_t P, int64_t D) {
-    return _mm_setr_ps(record_scale(Q8, key, D), record_scale(Q8, key + P, D),
-                       record_scale(Q8, key + 2 * P, D), record_scale(Q8, key + 3 * P, D));
+/* four int8 key records' scales (records P bytes apart) */
+INLINE TARGET __m128 four_scales(const char *key, int64_t P, int64_t D) {
+    return _mm_setr_ps(record_scale(1, key, D), record_scale(1, key + P, D),
+                       record_scale(1, key + 2 * P, D), record_scale(1, key + 3 * P, D));
 }
 
 /* A lone query (a decode step) reading `span` bytes at `at` of its keys or values: fetches the
@@ -211,7 +211,7 @@ INLINE TARGET void int_scores(const int C, const attn_args *a, const q8_query *q
                                   key_dot(C, q, key + 2 * P, tail),
                                   key_dot(C, q, key + 3 * P, tail));
         __m128 f = _mm_cvtepi32_ps(_mm_add_epi32(dots, offset));
-        _mm_storeu_ps(scores + j, _mm_mul_ps(_mm_mul_ps(f, four_scales(1, key, P, a->D)), factor));
+        _mm_storeu_ps(scores + j, _mm_mul_ps(_mm_mul_ps(f, four_scales(key, P, a->D)), factor));
     }
     for (; j < n; j++) {
         const char *key = keys + (lo + j) * P;
